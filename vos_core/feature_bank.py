@@ -1,0 +1,266 @@
+"""The Adaptive Feature Bank (AFB): bounded per-object memory.
+
+Each object (background included) owns keys (keydim×N) and values (valdim×N),
+plus, per entry, the frame it was added and its accumulated read count
+("usage"). New frames are absorbed: a new feature whose cosine similarity to
+its nearest stored key exceeds ``merge_thres`` is merged into that entry by a
+moving average; the rest are appended. When appending would exceed the
+object's budget, the least-frequently-used entries (usage / age) are evicted.
+
+Differences from the authors' implementation (on purpose):
+- eviction removes exactly as many entries as needed, lowest LFU first (theirs
+  removes every entry under an integer threshold, possibly all of them);
+- the per-object budget is an integer, ``budget // num_objects``;
+- a hard cap holds whatever the input: if one frame brings more novel features
+  than the budget allows, a deterministic, evenly strided subset of them is
+  kept, and at least a quarter of the budget's worth of old entries survive;
+- an empty bank reads as zeros instead of crashing;
+- objects can be added mid-video without resetting the others.
+Storage is preallocated and grown in chunks, not concatenated every frame.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+READ_THRESHOLD = 1e-3  # attention weight above which a read counts as a use
+USAGE_CLAMP = 1e5  # as the authors: keeps usage finite
+_CORR_CHUNK = 8192  # bank rows per block when matching new features
+
+
+@dataclass
+class BankStats:
+    size: int
+    budget: int
+    evicted_total: int
+    evicted_last: int
+    merged_last: int
+    appended_last: int
+
+
+class ObjectMemory:
+    """Storage for one object: columns [0, n) of preallocated buffers."""
+
+    def __init__(self, keydim: int, valdim: int, device, dtype=torch.float32, capacity: int = 0):
+        self.keydim, self.valdim = keydim, valdim
+        self.n = 0
+        self.keys_buf = torch.empty(keydim, capacity, device=device, dtype=dtype)
+        self.values_buf = torch.empty(valdim, capacity, device=device, dtype=dtype)
+        self.added_buf = torch.empty(capacity, device=device, dtype=torch.float32)
+        self.usage_buf = torch.empty(capacity, device=device, dtype=torch.float32)
+        self.evicted_total = 0
+        self.evicted_last = 0
+        self.merged_last = 0
+        self.appended_last = 0
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self.keys_buf[:, : self.n]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.values_buf[:, : self.n]
+
+    @property
+    def added(self) -> torch.Tensor:
+        return self.added_buf[: self.n]
+
+    @property
+    def usage(self) -> torch.Tensor:
+        return self.usage_buf[: self.n]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys_buf.shape[1]
+
+    def reserve(self, needed: int, limit: int) -> None:
+        """Grows the buffers geometrically (capped at ``limit``) to hold ``needed`` entries."""
+        if needed <= self.capacity:
+            return
+        cap = max(needed, min(max(limit, needed), max(2 * self.capacity, 1024)))
+        for name in ("keys_buf", "values_buf"):
+            old = getattr(self, name)
+            new = old.new_empty(old.shape[0], cap)
+            new[:, : self.n] = old[:, : self.n]
+            setattr(self, name, new)
+        for name in ("added_buf", "usage_buf"):
+            old = getattr(self, name)
+            new = old.new_empty(cap)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor, frame_idx: int, limit: int) -> None:
+        m = keys.shape[1]
+        self.reserve(self.n + m, limit)
+        s = slice(self.n, self.n + m)
+        self.keys_buf[:, s] = keys
+        self.values_buf[:, s] = values
+        self.added_buf[s] = frame_idx
+        self.usage_buf[s] = 0
+        self.n += m
+
+    def keep(self, mask: torch.Tensor) -> None:
+        """Compacts storage to the entries where ``mask`` is true."""
+        idx = mask.nonzero().squeeze(1)
+        k = idx.numel()
+        self.keys_buf[:, :k] = self.keys_buf[:, idx]
+        self.values_buf[:, :k] = self.values_buf[:, idx]
+        self.added_buf[:k] = self.added_buf[idx]
+        self.usage_buf[:k] = self.usage_buf[idx]
+        self.n = k
+
+
+class FeatureBank:
+    """Per-object adaptive feature banks for one video.
+
+    ``budget`` is the total number of features over all objects (the authors
+    used 300,000 for an 11 GB GPU); each object gets ``budget // num_objects``.
+    """
+
+    def __init__(self, keydim: int, valdim: int, budget: int = 300_000, merge_thres: float = 0.95,
+                 update_rate: float = 0.1, device="cpu", dtype=torch.float32):
+        if budget < 1:
+            raise ValueError(f"budget must be a positive integer, got {budget}")
+        if not 0.0 <= update_rate <= 1.0:
+            raise ValueError(f"update_rate must be in [0, 1], got {update_rate}")
+        self.keydim, self.valdim = keydim, valdim
+        self.budget = int(budget)
+        self.merge_thres = float(merge_thres)
+        self.update_rate = float(update_rate)
+        self.device, self.dtype = torch.device(device), dtype
+        self.objects: list[ObjectMemory] = []
+
+    # -- shape ---------------------------------------------------------------
+    @property
+    def num_objects(self) -> int:
+        return len(self.objects)
+
+    @property
+    def object_budget(self) -> int:
+        return max(1, self.budget // max(1, self.num_objects))
+
+    def sizes(self) -> list[int]:
+        return [o.n for o in self.objects]
+
+    def stats(self) -> list[BankStats]:
+        b = self.object_budget
+        return [BankStats(o.n, b, o.evicted_total, o.evicted_last, o.merged_last, o.appended_last) for o in self.objects]
+
+    # -- writing -------------------------------------------------------------
+    def add_objects(self, keys: torch.Tensor, values: torch.Tensor, frame_idx: int) -> None:
+        """Starts banks for new objects from their first memorised frame.
+        keys: J×keydim×M, values: J×valdim×M."""
+        for j in range(keys.shape[0]):
+            mem = ObjectMemory(self.keydim, self.valdim, self.device, self.dtype)
+            self.objects.append(mem)
+        budget = self.object_budget
+        for j, mem in enumerate(self.objects[-keys.shape[0]:]):
+            self._absorb_append(mem, keys[j], values[j], frame_idx, budget)
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, frame_idx: int, objects: list[int] | None = None) -> None:
+        """Absorbs a memorised frame: keys K×keydim×M, values K×valdim×M, one
+        row per object in ``objects`` (default: all, in bank order)."""
+        objects = list(range(self.num_objects)) if objects is None else objects
+        if keys.shape[0] != len(objects):
+            raise ValueError(f"got features for {keys.shape[0]} objects, expected {len(objects)}")
+        budget = self.object_budget
+        for row, i in enumerate(objects):
+            mem = self.objects[i]
+            if mem.n == 0:
+                self._absorb_append(mem, keys[row], values[row], frame_idx, budget)
+                continue
+            novel = self._merge(mem, keys[row], values[row])
+            self._absorb_append(mem, keys[row][:, novel], values[row][:, novel], frame_idx, budget)
+            mem.usage_buf[: mem.n].clamp_(0, USAGE_CLAMP)
+
+    def _nearest(self, mem: ObjectMemory, new_keys_n: torch.Tensor):
+        """Cosine similarity of each new key to its nearest stored key, in blocks
+        of bank rows so the bank×new matrix is never materialised whole."""
+        best_val = best_idx = None
+        bank_n = F.normalize(mem.keys, dim=0)
+        for s in range(0, mem.n, _CORR_CHUNK):
+            corr = bank_n[:, s: s + _CORR_CHUNK].t() @ new_keys_n  # chunk×M
+            v, i = corr.max(dim=0)
+            i = i + s
+            if best_val is None:
+                best_val, best_idx = v, i
+            else:
+                better = v > best_val  # strict: ties keep the earlier entry, as argmax does
+                best_val = torch.where(better, v, best_val)
+                best_idx = torch.where(better, i, best_idx)
+        return best_val, best_idx
+
+    def _merge(self, mem: ObjectMemory, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Merges new features close to a stored key into it; returns the mask of the rest."""
+        keys_n = F.normalize(keys, dim=0)
+        best_val, best_idx = self._nearest(mem, keys_n)
+        close = best_val > self.merge_thres
+        mem.merged_last = int(close.sum()) if keys.device.type == "cpu" else -1
+        if bool(close.any()):
+            targets = best_idx[close]
+            uniq, inverse = torch.unique(targets, return_inverse=True)
+            counts = torch.bincount(inverse, minlength=uniq.numel()).to(keys.dtype)
+            r = self.update_rate
+            for buf, new_n in ((mem.keys_buf, keys_n), (mem.values_buf, F.normalize(values, dim=0))):
+                # Mean of the normalised new features per target, mixed into the
+                # normalised stored feature, rescaled to the stored magnitude.
+                mean_new = torch.zeros(buf.shape[0], uniq.numel(), device=buf.device, dtype=buf.dtype)
+                mean_new.index_add_(1, inverse, new_n[:, close])
+                mean_new /= counts
+                old = buf[:, uniq]
+                mag = old.norm(dim=0)
+                buf[:, uniq] = mag * ((1 - r) * F.normalize(old, dim=0) + r * mean_new)
+        return ~close
+
+    def _absorb_append(self, mem: ObjectMemory, keys: torch.Tensor, values: torch.Tensor, frame_idx: int,
+                       budget: int) -> None:
+        m = keys.shape[1]
+        keep_old = min(mem.n, max(1, budget // 4))
+        room_for_new = max(0, budget - keep_old)
+        if m > room_for_new:  # hard cap: more novel features than the bank may hold
+            pick = torch.linspace(0, m - 1, room_for_new, device=keys.device).round().long() if room_for_new else \
+                torch.empty(0, dtype=torch.long, device=keys.device)
+            keys, values, m = keys[:, pick], values[:, pick], room_for_new
+        overflow = mem.n + m - budget
+        mem.evicted_last = 0
+        if overflow > 0:
+            self._evict(mem, overflow, frame_idx)
+        mem.appended_last = m
+        if m:
+            mem.append(keys, values, frame_idx, limit=budget)
+
+    @staticmethod
+    def _evict(mem: ObjectMemory, count: int, frame_idx: int) -> None:
+        """Removes the ``count`` entries with the lowest usage / age (LFU)."""
+        age = (frame_idx - mem.added).clamp(min=1)
+        lfu = mem.usage / age
+        # Stable sort: among equal scores the oldest entry goes first.
+        order = torch.sort(lfu, stable=True).indices
+        keep = torch.ones(mem.n, dtype=torch.bool, device=lfu.device)
+        keep[order[:count]] = False
+        mem.keep(keep)
+        mem.evicted_last = count
+        mem.evicted_total += count
+
+    # -- reading -------------------------------------------------------------
+    def read(self, query_key: torch.Tensor, count_usage: bool = True) -> torch.Tensor:
+        """Attention read of every object's memory for one query frame.
+
+        query_key: keydim×HW. Returns K×valdim×HW. Entries whose attention
+        weight exceeds 1e-3 for a query pixel add log(1 + #such pixels) to
+        their usage (fused here so the attention matrix is used once)."""
+        hw = query_key.shape[1]
+        out = query_key.new_zeros(self.num_objects, self.valdim, hw)
+        scale = 1.0 / math.sqrt(self.keydim)
+        for i, mem in enumerate(self.objects):
+            if mem.n == 0:
+                continue
+            attn = torch.softmax((mem.keys.t() @ query_key) * scale, dim=0)  # N×HW
+            out[i] = mem.values @ attn
+            if count_usage:
+                used = (attn > READ_THRESHOLD).sum(dim=1).to(torch.float32)
+                mem.usage_buf[: mem.n] += torch.log(used + 1)
+        return out

@@ -1,0 +1,110 @@
+"""Loading and saving checkpoints in the authors' format.
+
+Official files are ``{'model': state_dict, 'epoch': .., 'loss': .., 'seed': ..}``
+with no configuration (so they are the ``official`` architecture). Ours add
+``'config'``. A bare state_dict is accepted too. Everything goes through
+``torch.load(weights_only=True)``: a pickle that is not weights is refused.
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import fsspec
+import torch
+
+from .config import OFFICIAL, ModelConfig
+from .network import AFBURR
+
+_MAX_LISTED = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the file named in the message."""
+
+
+def _read_bytes(uri: str | os.PathLike, storage_options: dict | None = None) -> bytes:
+    try:
+        with fsspec.open(str(uri), "rb", **(storage_options or {})) as f:
+            return f.read()
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{uri}: checkpoint not found") from e
+    except Exception as e:  # unreachable bucket, permissions ...
+        raise CheckpointError(f"{uri}: cannot read checkpoint: {type(e).__name__}: {e}") from e
+
+
+def _listing(keys) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
+    return ", ".join(keys[:_MAX_LISTED]) + more
+
+
+def read_checkpoint(uri: str | os.PathLike, storage_options: dict | None = None) -> tuple[dict, ModelConfig, dict]:
+    """Returns (state_dict, config, metadata) without building a model."""
+    raw = _read_bytes(uri, storage_options)
+    try:
+        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{uri}: not a weights file that can be loaded safely (torch.load weights_only=True): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{uri}: expected a dict of weights, got {type(obj).__name__}")
+    meta: dict = {}
+    if "model" in obj and isinstance(obj["model"], dict):
+        state = obj["model"]
+        meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "config")}
+        cfg_dict = obj.get("config")
+    else:
+        state, cfg_dict = obj, None
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad or not state:
+        raise CheckpointError(f"{uri}: not a state_dict (non-tensor entries: {_listing(bad) or 'none, it is empty'})")
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    try:
+        config = ModelConfig.from_dict(cfg_dict) if cfg_dict else OFFICIAL
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{uri}: bad model config {cfg_dict!r}: {e}") from e
+    return state, config, meta
+
+
+def load_model(
+    uri: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    storage_options: dict | None = None,
+) -> AFBURR:
+    """Builds the network the checkpoint describes and loads it with a strict key check."""
+    state, config, meta = read_checkpoint(uri, storage_options)
+    model = AFBURR(config)
+    expected = model.state_dict()
+    missing = expected.keys() - state.keys()
+    unexpected = state.keys() - expected.keys()
+    if missing or unexpected:
+        parts = [f"{uri}: checkpoint keys do not match the {config.trunk} AFB-URR network"]
+        if missing:
+            parts.append(f"missing {len(missing)}: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {_listing(unexpected)}")
+        raise CheckpointError("; ".join(parts))
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"{uri}: tensor shapes do not match: {_listing(wrong)}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    model.checkpoint_uri = str(uri)
+    model.checkpoint_meta = meta
+    return model.to(device).eval()
+
+
+def save_checkpoint(model: AFBURR, uri: str | os.PathLike, *, epoch: int = 0, loss: float = 0.0, seed: int = 0,
+                    half: bool = False, extra: dict | None = None, storage_options: dict | None = None) -> None:
+    """Saves in the official layout plus our ``config``. ``half`` stores floating
+    tensors as fp16 (they are cast back to fp32 on load)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in model.state_dict().items()}
+    ckpt = {"model": state, "epoch": epoch, "loss": float(loss), "seed": seed, "config": model.config.to_dict()}
+    ckpt.update(extra or {})
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    with fsspec.open(str(uri), "wb", **(storage_options or {})) as f:
+        f.write(buf.getvalue())

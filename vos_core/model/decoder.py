@@ -1,0 +1,93 @@
+"""Refinement decoder with Uncertain-Region Refinement (URR)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def uncertainty_map(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """U = exp(1 - top1/(top2 + 1e-8)) over the object axis ``dim``.
+
+    1 where the two most likely objects tie, falling towards 0 as the winner
+    dominates. Needs at least two objects (background counts as one)."""
+    top = probs.topk(k=2, dim=dim).values
+    top1, top2 = top.select(dim, 0), top.select(dim, 1)
+    return torch.exp(1 - top1 / (top2 + 1e-8)).unsqueeze(dim)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, indim: int, outdim: int | None = None, stride: int = 1):
+        super().__init__()
+        outdim = outdim or indim
+        self.downsample = None
+        if indim != outdim or stride != 1:
+            self.downsample = nn.Conv2d(indim, outdim, 3, stride, 1)
+        self.conv1 = nn.Conv2d(indim, outdim, 3, stride, 1)
+        self.conv2 = nn.Conv2d(outdim, outdim, 3, 1, 1)
+
+    def forward(self, x):
+        r = self.conv2(F.relu(self.conv1(F.relu(x))))
+        return (x if self.downsample is None else self.downsample(x)) + r
+
+
+class Refine(nn.Module):
+    def __init__(self, inplanes: int, planes: int):
+        super().__init__()
+        self.convFS = nn.Conv2d(inplanes, planes, 3, 1, 1)
+        self.ResFS = ResBlock(planes)
+        self.ResMM = ResBlock(planes)
+
+    def forward(self, skip, coarse):
+        s = self.ResFS(self.convFS(skip))
+        return self.ResMM(s + F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False))
+
+
+class Decoder(nn.Module):
+    LOCAL = 7  # URR neighbourhood
+
+    def __init__(self, valdim: int, res3_ch: int, res2_ch: int, mdim_global: int = 256, mdim_local: int = 32):
+        super().__init__()
+        self.convFM = nn.Conv2d(2 * valdim, mdim_global, 3, 1, 1)
+        self.ResMM = ResBlock(mdim_global)
+        self.RF3 = Refine(res3_ch, mdim_global)
+        self.RF2 = Refine(res2_ch, mdim_global)
+        self.pred2 = nn.Conv2d(mdim_global, 2, 3, 1, 1)
+        # URR local branch on the stem features r1 (64 ch) and their local mask-weighted mean.
+        self.local_convFM = nn.Conv2d(128, mdim_local, 3, 1, 1)
+        self.local_ResMM = ResBlock(mdim_local)
+        self.local_pred2 = nn.Conv2d(mdim_local, 2, 3, 1, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, readout, r3, r2, r1, num_objects: int):
+        """readout: (B*K)×2valdim×h16×w16; r3, r2, r1: (B*K)× features (shared
+        per frame, expanded per object). Returns per-object foreground
+        probabilities (B*K)×H×W at the input resolution."""
+        p = self.ResMM(self.convFM(readout))
+        p = self.RF3(r3, p)
+        p = self.RF2(r2, p)
+        p = self.pred2(F.relu(p))  # 1/4, 2 ch logits
+        p = F.interpolate(p, scale_factor=2, mode="bilinear", align_corners=False)  # 1/2
+
+        bk, _, h, w = p.shape
+        k = num_objects
+        rough = F.softmax(p, dim=1)[:, 1].view(bk // k, k, h, w)
+        rough = F.softmax(rough, dim=1)  # object-level normalisation
+        u = uncertainty_map(rough).expand(-1, k, -1, -1).reshape(bk, 1, h, w)
+        rough = rough.reshape(bk, 1, h, w)
+
+        pad = self.LOCAL // 2
+        # Mean of r1 over the object's 7x7 neighbourhood, weighted by its rough mask
+        # (AvgPool counts padded zeros, as the official nn.AvgPool2d does).
+        num = F.avg_pool2d(r1 * rough, self.LOCAL, 1, pad)
+        den = F.avg_pool2d(rough, self.LOCAL, 1, pad)
+        r1_local = num / (den + 1e-8)
+        conf = F.max_pool2d(rough, self.LOCAL, 1, pad)
+        q = self.local_ResMM(self.local_convFM(torch.cat([r1, r1_local], dim=1)))
+        q = conf * self.local_pred2(F.relu(q))
+
+        p = p + u * q
+        p = F.interpolate(p, scale_factor=2, mode="bilinear", align_corners=False)
+        return F.softmax(p, dim=1)[:, 1]
