@@ -1,0 +1,145 @@
+"""The adaptive feature bank on hand-made features with known answers."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vos_core.feature_bank import READ_THRESHOLD, FeatureBank
+
+
+def unit(d, i, scale=1.0):
+    v = torch.zeros(d)
+    v[i] = scale
+    return v
+
+
+def make_bank(keys, values, budget=100, **kw):
+    """One object whose bank holds the given columns, added at frame 0."""
+    bank = FeatureBank(keydim=keys.shape[0], valdim=values.shape[0], budget=budget, **kw)
+    bank.add_objects(keys[None], values[None], frame_idx=0)
+    return bank
+
+
+def test_close_feature_is_merged_by_moving_average():
+    d = 4
+    keys = torch.stack([unit(d, 0, 2.0), unit(d, 1, 3.0)], dim=1)  # stored keys with magnitudes 2 and 3
+    values = torch.stack([unit(d, 2, 5.0), unit(d, 3, 1.0)], dim=1)
+    bank = make_bank(keys, values, update_rate=0.1, merge_thres=0.95)
+    new_k = torch.tensor([1.0, 0.1, 0.0, 0.0]).unsqueeze(1)  # cos to key 0 = 0.995 > 0.95
+    new_v = torch.tensor([0.0, 0.0, 0.0, 7.0]).unsqueeze(1)
+    bank.update(new_k[None], new_v[None], frame_idx=1)
+    mem = bank.objects[0]
+    assert mem.n == 2, "a close feature must be merged, not appended"
+    nk = F.normalize(new_k[:, 0], dim=0)
+    expect_k0 = 2.0 * (0.9 * unit(d, 0) + 0.1 * nk)
+    assert torch.allclose(mem.keys[:, 0], expect_k0, atol=1e-6)
+    assert torch.allclose(mem.keys[:, 1], unit(d, 1, 3.0))  # untouched
+    expect_v0 = 5.0 * (0.9 * unit(d, 2) + 0.1 * unit(d, 3))  # value merged along its key's match
+    assert torch.allclose(mem.values[:, 0], expect_v0, atol=1e-6)
+    assert mem.merged_last == 1 and mem.appended_last == 0
+
+
+def test_several_new_features_merging_into_one_entry_are_averaged():
+    d = 3
+    bank = make_bank(unit(d, 0).unsqueeze(1), unit(d, 0).unsqueeze(1), update_rate=0.5)
+    a = torch.tensor([1.0, 0.2, 0.0])
+    b = torch.tensor([1.0, -0.2, 0.0])
+    bank.update(torch.stack([a, b], 1)[None], torch.stack([a, b], 1)[None], frame_idx=1)
+    mean_new = (F.normalize(a, dim=0) + F.normalize(b, dim=0)) / 2
+    assert torch.allclose(bank.objects[0].keys[:, 0], 0.5 * unit(d, 0) + 0.5 * mean_new, atol=1e-6)
+
+
+def test_far_feature_is_appended_with_its_frame():
+    d = 4
+    bank = make_bank(unit(d, 0).unsqueeze(1), unit(d, 0).unsqueeze(1))
+    new = unit(d, 1, 4.0).unsqueeze(1)  # orthogonal: cos 0
+    bank.update(new[None], new[None], frame_idx=7)
+    mem = bank.objects[0]
+    assert mem.n == 2
+    assert torch.equal(mem.keys[:, 1], unit(d, 1, 4.0))  # appended raw, not normalised
+    assert mem.added.tolist() == [0.0, 7.0] and mem.usage.tolist() == [0.0, 0.0]
+
+
+def test_threshold_is_strict():
+    d = 2
+    bank = make_bank(unit(d, 0).unsqueeze(1), unit(d, 0).unsqueeze(1), merge_thres=0.8)
+    at = torch.tensor([0.8, 0.6]).unsqueeze(1)  # cosine exactly 0.8: not above the threshold
+    bank.update(at[None], at[None], frame_idx=1)
+    assert bank.objects[0].n == 2
+
+
+def test_read_counts_uses_above_threshold():
+    d, hw = 2, 3
+    keys = torch.stack([unit(d, 0, 10.0), unit(d, 1, 10.0)], 1)
+    bank = make_bank(keys, keys.clone())
+    # Query pixels: two look at key 0 sharply, one sits halfway.
+    q = torch.tensor([[10.0, 10.0, 1.0], [0.0, 0.0, 1.0]]) * math.sqrt(d)
+    attn = torch.softmax(keys.t() @ q / math.sqrt(d), dim=0)
+    used = (attn > READ_THRESHOLD).sum(1).float()
+    out = bank.read(q)
+    assert out.shape == (1, d, hw)
+    assert torch.allclose(out[0], keys @ attn)
+    assert torch.allclose(bank.objects[0].usage, torch.log(used + 1))
+    assert used.tolist() == [3.0, 1.0]  # key 1 is read only by the middle pixel
+    bank.read(q)
+    assert torch.allclose(bank.objects[0].usage, 2 * torch.log(used + 1))
+
+
+def test_eviction_removes_lowest_usage_over_age_first():
+    d = 8
+    keys = torch.eye(d)[:, :4]  # 4 mutually orthogonal entries, all added at frame 0
+    bank = make_bank(keys, keys.clone(), budget=5)
+    mem = bank.objects[0]
+    mem.usage_buf[:4] = torch.tensor([4.0, 0.5, 3.0, 1.0])
+    mem.added_buf[:4] = torch.tensor([0.0, 0.0, 0.0, 2.0])
+    # LFU at frame 4: [4/4, .5/4, 3/4, 1/2] = [1, .125, .75, .5] -> evict entry 1 first, then entry 3.
+    new = torch.eye(d)[:, 4:7]  # 3 novel features: 4 + 3 > 5, two must go
+    bank.update(new[None], new[None], frame_idx=4)
+    assert mem.n == 5 and mem.evicted_last == 2 and mem.evicted_total == 2
+    kept = mem.keys.argmax(0).tolist()
+    assert kept == [0, 2, 4, 5, 6]
+
+
+def test_hard_cap_holds_under_adversarial_input():
+    torch.manual_seed(0)
+    d = 16
+    bank = FeatureBank(keydim=d, valdim=d, budget=30)
+    first = torch.randn(2, d, 5)
+    bank.add_objects(first, first, frame_idx=0)
+    for t in range(1, 40):
+        m = int(torch.randint(0, 200, ()).item())  # bursts far larger than the budget
+        k = torch.randn(2, d, m)
+        bank.update(k, k, frame_idx=t)
+        assert all(0 < n <= bank.object_budget for n in bank.sizes()), bank.sizes()
+    # a third object arrives: everyone's share shrinks, and the old banks are trimmed, not wiped
+    third = torch.randn(1, d, 50)
+    bank.add_objects(third, third, frame_idx=40)
+    k = torch.randn(3, d, 3)
+    bank.update(k, k, frame_idx=41)
+    assert bank.object_budget == 10
+    assert all(0 < n <= 10 for n in bank.sizes())
+
+
+def test_never_deletes_everything_and_tiny_budgets_work():
+    d = 4
+    bank = FeatureBank(keydim=d, valdim=d, budget=1)
+    k = torch.randn(1, d, 10)
+    bank.add_objects(k, k, frame_idx=0)
+    assert bank.sizes() == [1]
+    bank.update(torch.randn(1, d, 10), torch.randn(1, d, 10), frame_idx=1)
+    assert bank.sizes() == [1]
+
+
+def test_empty_bank_reads_zeros():
+    bank = FeatureBank(keydim=4, valdim=6, budget=10)
+    bank.add_objects(torch.zeros(1, 4, 0), torch.zeros(1, 6, 0), frame_idx=0)
+    out = bank.read(torch.randn(4, 5))
+    assert out.shape == (1, 6, 5) and torch.count_nonzero(out) == 0
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError):
+        FeatureBank(4, 4, budget=0)
+    with pytest.raises(ValueError):
+        FeatureBank(4, 4, update_rate=1.5)
