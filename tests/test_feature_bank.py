@@ -143,3 +143,34 @@ def test_invalid_settings_are_refused():
         FeatureBank(4, 4, budget=0)
     with pytest.raises(ValueError):
         FeatureBank(4, 4, update_rate=1.5)
+
+
+def test_dense_gpu_style_merge_equals_sparse_merge():
+    torch.manual_seed(1)
+    d = 8
+    base = torch.randn(d, 20)
+    new = base[:, :12] + 0.05 * torch.randn(d, 12)  # most merge, several into the same entry
+    new[:, :3] = base[:, :1] + 0.01 * torch.randn(d, 3)
+    banks = []
+    for dense in (False, True):
+        bank = make_bank(base.clone(), base.clone() * 2, budget=1000, update_rate=0.3)
+        bank.sync_free = dense
+        bank.update(new[None], (new * 2)[None], frame_idx=1)
+        banks.append(bank.objects[0])
+    a, b = banks
+    assert a.n == b.n and int(a.merged_last) > 3
+    assert torch.allclose(a.keys, b.keys, atol=1e-6) and torch.allclose(a.values, b.values, atol=1e-6)
+
+
+def test_blocked_read_equals_one_shot_read(monkeypatch):
+    import vos_core.feature_bank as fb
+
+    torch.manual_seed(2)
+    keys, vals, q = torch.randn(16, 50), torch.randn(8, 50), torch.randn(16, 37)
+    full = make_bank(keys, vals)
+    ref = full.read(q)
+    monkeypatch.setattr(fb, "_READ_BLOCK", 50 * 5)  # blocks of 5 query pixels
+    blocked = make_bank(keys, vals)
+    got = blocked.read(q)
+    assert torch.allclose(ref, got, atol=1e-6)
+    assert torch.allclose(full.objects[0].usage, blocked.objects[0].usage)

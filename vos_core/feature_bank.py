@@ -29,6 +29,7 @@ import torch.nn.functional as F
 READ_THRESHOLD = 1e-3  # attention weight above which a read counts as a use
 USAGE_CLAMP = 1e5  # as the authors: keeps usage finite
 _CORR_CHUNK = 8192  # bank rows per block when matching new features
+_READ_BLOCK = 1 << 25  # attention-matrix elements per block of query pixels (128 MiB in fp32)
 
 
 @dataclass
@@ -53,7 +54,7 @@ class ObjectMemory:
         self.usage_buf = torch.empty(capacity, device=device, dtype=torch.float32)
         self.evicted_total = 0
         self.evicted_last = 0
-        self.merged_last = 0
+        self.merged_last: int | torch.Tensor = 0
         self.appended_last = 0
 
     @property
@@ -131,6 +132,8 @@ class FeatureBank:
         self.merge_thres = float(merge_thres)
         self.update_rate = float(update_rate)
         self.device, self.dtype = torch.device(device), dtype
+        # On GPU, merge with fixed-shape ops so the frame loop does not wait on the host.
+        self.sync_free = self.device.type != "cpu"
         self.objects: list[ObjectMemory] = []
 
     # -- shape ---------------------------------------------------------------
@@ -147,7 +150,8 @@ class FeatureBank:
 
     def stats(self) -> list[BankStats]:
         b = self.object_budget
-        return [BankStats(o.n, b, o.evicted_total, o.evicted_last, o.merged_last, o.appended_last) for o in self.objects]
+        return [BankStats(o.n, b, o.evicted_total, o.evicted_last, int(o.merged_last), o.appended_last)
+                for o in self.objects]
 
     # -- writing -------------------------------------------------------------
     def add_objects(self, keys: torch.Tensor, values: torch.Tensor, frame_idx: int) -> None:
@@ -198,22 +202,42 @@ class FeatureBank:
         keys_n = F.normalize(keys, dim=0)
         best_val, best_idx = self._nearest(mem, keys_n)
         close = best_val > self.merge_thres
-        mem.merged_last = int(close.sum()) if keys.device.type == "cpu" else -1
-        if bool(close.any()):
-            targets = best_idx[close]
-            uniq, inverse = torch.unique(targets, return_inverse=True)
-            counts = torch.bincount(inverse, minlength=uniq.numel()).to(keys.dtype)
-            r = self.update_rate
-            for buf, new_n in ((mem.keys_buf, keys_n), (mem.values_buf, F.normalize(values, dim=0))):
-                # Mean of the normalised new features per target, mixed into the
-                # normalised stored feature, rescaled to the stored magnitude.
-                mean_new = torch.zeros(buf.shape[0], uniq.numel(), device=buf.device, dtype=buf.dtype)
-                mean_new.index_add_(1, inverse, new_n[:, close])
-                mean_new /= counts
-                old = buf[:, uniq]
-                mag = old.norm(dim=0)
-                buf[:, uniq] = mag * ((1 - r) * F.normalize(old, dim=0) + r * mean_new)
+        mem.merged_last = close.sum()  # a tensor: read lazily, no host sync here
+        r = self.update_rate
+        if self.sync_free:
+            self._merge_dense(mem, keys_n, F.normalize(values, dim=0), close, best_idx, r)
+        elif bool(close.any()):
+            self._merge_sparse(mem, keys_n, F.normalize(values, dim=0), close, best_idx, r)
         return ~close
+
+    @staticmethod
+    def _merge_sparse(mem, keys_n, values_n, close, best_idx, r):
+        """Touches only the stored entries that receive a merge (cheap on CPU; syncs on GPU)."""
+        targets = best_idx[close]
+        uniq, inverse = torch.unique(targets, return_inverse=True)
+        counts = torch.bincount(inverse, minlength=uniq.numel()).to(keys_n.dtype)
+        for buf, new_n in ((mem.keys_buf, keys_n), (mem.values_buf, values_n)):
+            # Mean of the normalised new features per target, mixed into the
+            # normalised stored feature, rescaled to the stored magnitude.
+            mean_new = torch.zeros(buf.shape[0], uniq.numel(), device=buf.device, dtype=buf.dtype)
+            mean_new.index_add_(1, inverse, new_n[:, close])
+            mean_new /= counts
+            old = buf[:, uniq]
+            buf[:, uniq] = old.norm(dim=0) * ((1 - r) * F.normalize(old, dim=0) + r * mean_new)
+
+    @staticmethod
+    def _merge_dense(mem, keys_n, values_n, close, best_idx, r):
+        """Same update with fixed shapes over the whole bank: no data-dependent
+        sizes, so no host synchronisation (used on GPU)."""
+        w = close.to(keys_n.dtype)
+        counts = torch.zeros(mem.n, device=w.device, dtype=w.dtype).index_add_(0, best_idx, w)
+        hit = counts > 0
+        for buf, new_n in ((mem.keys_buf, keys_n), (mem.values_buf, values_n)):
+            sums = torch.zeros(buf.shape[0], mem.n, device=buf.device, dtype=buf.dtype)
+            sums.index_add_(1, best_idx, new_n * w)
+            old = buf[:, : mem.n]
+            merged = old.norm(dim=0) * ((1 - r) * F.normalize(old, dim=0) + r * sums / counts.clamp(min=1))
+            buf[:, : mem.n] = torch.where(hit, merged, old)
 
     def _absorb_append(self, mem: ObjectMemory, keys: torch.Tensor, values: torch.Tensor, frame_idx: int,
                        budget: int) -> None:
@@ -251,16 +275,23 @@ class FeatureBank:
 
         query_key: keydim×HW. Returns K×valdim×HW. Entries whose attention
         weight exceeds 1e-3 for a query pixel add log(1 + #such pixels) to
-        their usage (fused here so the attention matrix is used once)."""
+        their usage (fused here so the attention matrix is used once). The
+        softmax runs over the bank for each query pixel, so query pixels are
+        processed in blocks: exact, and the bank×HW matrix never exists whole."""
         hw = query_key.shape[1]
         out = query_key.new_zeros(self.num_objects, self.valdim, hw)
         scale = 1.0 / math.sqrt(self.keydim)
         for i, mem in enumerate(self.objects):
             if mem.n == 0:
                 continue
-            attn = torch.softmax((mem.keys.t() @ query_key) * scale, dim=0)  # N×HW
-            out[i] = mem.values @ attn
+            keys_t, values = mem.keys.t(), mem.values
+            used = torch.zeros(mem.n, device=query_key.device, dtype=torch.float32) if count_usage else None
+            step = max(1, _READ_BLOCK // mem.n)
+            for s in range(0, hw, step):
+                attn = torch.softmax((keys_t @ query_key[:, s: s + step]) * scale, dim=0)  # N×block
+                out[i, :, s: s + step] = values @ attn
+                if count_usage:
+                    used += (attn > READ_THRESHOLD).sum(dim=1)
             if count_usage:
-                used = (attn > READ_THRESHOLD).sum(dim=1).to(torch.float32)
                 mem.usage_buf[: mem.n] += torch.log(used + 1)
         return out

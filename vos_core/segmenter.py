@@ -10,7 +10,7 @@ video length (the feature bank is bounded by ``budget``).
 """
 from __future__ import annotations
 
-import math
+import contextlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
 
@@ -24,6 +24,9 @@ from .feature_bank import FeatureBank
 from .model.decoder import uncertainty_map
 from .model.network import AFBURR, soft_aggregate
 from .stats import UNCERTAIN_U, FrameStats, compute_stats
+
+
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -65,11 +68,19 @@ class Segmenter:
 
     def __init__(self, model: AFBURR, budget: int = 300_000, merge_thres: float = 0.95, update_rate: float = 0.1,
                  size: int | None = None, u_threshold: float = UNCERTAIN_U, keep_probs: bool = True,
-                 resize_annotations: bool = False):
+                 resize_annotations: bool = False, precision: str = "fp32", channels_last: bool = True):
         """size: process at this shorter side (None: input size); results come back at the input size.
         resize_annotations: resize an annotation whose size differs from its frame (nearest) instead of
-        refusing it."""
+        refusing it. precision: "fp32" (exact), or "bf16"/"fp16" autocast for the network (the feature
+        bank stays fp32); see BENCHMARKS.md for speed and agreement. channels_last: NHWC convolutions
+        (faster with oneDNN and cuDNN, same results)."""
+        if precision not in _AUTOCAST:
+            raise ValueError(f"precision must be one of {sorted(_AUTOCAST)}, got {precision!r}")
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self.precision = precision
+        self.channels_last = channels_last
         self.budget = budget
         self.merge_thres = merge_thres
         self.update_rate = update_rate
@@ -97,7 +108,8 @@ class Segmenter:
         if frame.shape[:2] != work_hw:
             frame = cv2.resize(frame, (work_hw[1], work_hw[0]), interpolation=cv2.INTER_AREA)
         t = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device, non_blocking=True)
-        return t.permute(2, 0, 1).unsqueeze(0).to(self.dtype).div_(255)
+        t = t.permute(2, 0, 1).unsqueeze(0).to(self.dtype).div_(255)
+        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
 
     def _annotation(self, ann, index: int, in_hw: tuple[int, int], work_hw: tuple[int, int], source: str) -> np.ndarray:
         ann = np.asarray(ann)
@@ -131,7 +143,9 @@ class Segmenter:
         pending = None  # (padded frame, probs at working size, number of objects already banked)
         in_hw = work_hw = pad = None
 
-        with torch.inference_mode():
+        amp = _AUTOCAST[self.precision]
+        autocast = torch.autocast(self.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
             for t, frame in enumerate(frames):
                 if t < first:
                     continue
@@ -160,7 +174,8 @@ class Segmenter:
                     probs = torch.zeros(0, *work_hw, device=self.device, dtype=self.dtype)
                 else:
                     q = model.encode_query(x)
-                    fg = unpad(model.decode(bank.read(q.key), q), pad)
+                    readout = bank.read(q.key.float())
+                    fg = unpad(model.decode(readout, q), pad).float()
                     probs = soft_aggregate(fg)
                 if ann is not None:
                     object_ids = object_ids + new_ids
@@ -196,10 +211,11 @@ class Segmenter:
     def _memorise(self, bank: FeatureBank | None, x, probs, n_banked: int, t: int) -> FeatureBank:
         padded, _ = pad_to_multiple(probs)
         keys, values = self.model.encode_memory(x, padded)
+        keys, values = keys.float(), values.float()  # the bank is kept in fp32 whatever the precision
         if bank is None:
             cfg = self.model.config
             bank = FeatureBank(cfg.keydim, cfg.valdim, self.budget, self.merge_thres, self.update_rate,
-                               device=self.device, dtype=keys.dtype)
+                               device=self.device, dtype=torch.float32)
         if n_banked:
             bank.update(keys[:n_banked], values[:n_banked], t, objects=list(range(n_banked)))
         if keys.shape[0] > n_banked:

@@ -39,6 +39,9 @@ class Refine(nn.Module):
         self.ResMM = ResBlock(planes)
 
     def forward(self, skip, coarse):
+        # ``skip`` comes from the query frame and is the same for every object:
+        # it is passed once (batch 1) and broadcast, so convFS/ResFS run once per
+        # frame instead of once per object. Same arithmetic as per-object runs.
         s = self.ResFS(self.convFS(skip))
         return self.ResMM(s + F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False))
 
@@ -62,9 +65,9 @@ class Decoder(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, readout, r3, r2, r1, num_objects: int):
-        """readout: (B*K)×2valdim×h16×w16; r3, r2, r1: (B*K)× features (shared
-        per frame, expanded per object). Returns per-object foreground
-        probabilities (B*K)×H×W at the input resolution."""
+        """readout: K×2valdim×h16×w16 (one row per object of one frame); r3, r2,
+        r1: the query frame's features, batch 1 (broadcast over objects).
+        Returns per-object foreground probabilities K×H×W at the input resolution."""
         p = self.ResMM(self.convFM(readout))
         p = self.RF3(r3, p)
         p = self.RF2(r2, p)
@@ -79,13 +82,13 @@ class Decoder(nn.Module):
         rough = rough.reshape(bk, 1, h, w)
 
         pad = self.LOCAL // 2
-        # Mean of r1 over the object's 7x7 neighbourhood, weighted by its rough mask
-        # (AvgPool counts padded zeros, as the official nn.AvgPool2d does).
+        # Mean of r1 over the object's 7x7 neighbourhood, weighted by its rough mask.
+        # (AvgPool counts padded zeros, as the official nn.AvgPool2d does.)
         num = F.avg_pool2d(r1 * rough, self.LOCAL, 1, pad)
         den = F.avg_pool2d(rough, self.LOCAL, 1, pad)
         r1_local = num / (den + 1e-8)
         conf = F.max_pool2d(rough, self.LOCAL, 1, pad)
-        q = self.local_ResMM(self.local_convFM(torch.cat([r1, r1_local], dim=1)))
+        q = self.local_ResMM(self.local_convFM(torch.cat([r1.expand(bk, -1, -1, -1), r1_local], dim=1)))
         q = conf * self.local_pred2(F.relu(q))
 
         p = p + u * q

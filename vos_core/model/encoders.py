@@ -36,6 +36,7 @@ class MemoryEncoder(_Normalising):
 
     def forward(self, frame: torch.Tensor, mask: torch.Tensor, other: torch.Tensor):
         """frame: N×3×H×W RGB in [0,1]; mask/other: N×1×H×W. Returns (r4, r1)."""
+        # frame may be batch 1 (shared by all objects): its conv1 then runs once and broadcasts.
         x = self.conv1((frame - self.mean) / self.std) + self.conv1_m(mask) + self.conv1_o(other)
         r4, _, _, r1 = self._stages(x)
         return r4, r1

@@ -43,7 +43,7 @@ class AFBURR(nn.Module):
         first. Returns keys K×keydim×N and values K×valdim×N."""
         k = masks.shape[0]
         m = masks.unsqueeze(1).to(frame.dtype)
-        r4, _ = self.encoder_m(frame.expand(k, -1, -1, -1), m, (1 - m).clamp(0, 1))
+        r4, _ = self.encoder_m(frame, m, (1 - m).clamp(0, 1))
         return self.keyval_r4(r4)
 
     def encode_query(self, frame: torch.Tensor) -> QueryFeatures:
@@ -58,11 +58,7 @@ class AFBURR(nn.Module):
         k = readout.shape[0]
         h, w = q.shape16
         x = torch.cat([readout, q.value.unsqueeze(0).expand(k, -1, -1)], dim=1).view(k, -1, h, w)
-
-        def per_object(t):
-            return t.expand(k, -1, -1, -1)
-
-        return self.decoder(x, per_object(q.r3), per_object(q.r2), per_object(q.r1), k)
+        return self.decoder(x, q.r3, q.r2, q.r1, k)
 
 
 def soft_aggregate(fg: torch.Tensor, dim: int = 0) -> torch.Tensor:
