@@ -140,7 +140,7 @@ def _evaluate_pairs(pairs: Iterable[tuple[np.ndarray, np.ndarray]], object_ids: 
         for scores in per_object.values():
             scores["J"].append(None)
             scores["F"].append(None)
-    return _summarise(per_object, n_frames)
+    return _summarise(per_object)
 
 
 def _zip_same_length(a: Iterable, b: Iterable):
@@ -162,7 +162,7 @@ def _score_frame(per_object: dict, gt: np.ndarray, pred: np.ndarray, bound_th: f
         scores["F"].append(float(db_eval_boundary(g, p, bound_th)))
 
 
-def _summarise(per_object: dict, n_frames: int) -> dict:
+def _summarise(per_object: dict) -> dict:
     objects = {oid: {"J": s["J"], "F": s["F"], "J_mean": _mean(s["J"]), "F_mean": _mean(s["F"])}
                for oid, s in per_object.items()}
     frame_avg = {}

@@ -48,7 +48,7 @@ def davis_sequences(root: str | os.PathLike, resolution: str | None = None,
     frames_parent = _sequence_parent(fs, f"{path}/JPEGImages", resolution, uri)
     level = frames_parent[len(f"{path}/JPEGImages"):]  # "" or "/480p"
     ann_parent = f"{path}/Annotations{level}"
-    names = [_fs.basename(d) for d in _fs.list_dirs(fs, frames_parent)]
+    names = [_fs.basename(d) for d in _fs.list_dirs(fs, frames_parent)] if fs.isdir(frames_parent) else []
     if not names:
         raise VOSInputError(f"{_fs.display(fs, frames_parent)}: no sequence folders")
     annotated = {_fs.basename(d) for d in _fs.list_dirs(fs, ann_parent)} if fs.isdir(ann_parent) else set()

@@ -25,8 +25,9 @@ class _Done:
 
 
 def _produce(iterable: Iterable, out: queue.Queue, stop: threading.Event) -> None:
-    it = iter(iterable)
+    it = None
     try:
+        it = iter(iterable)
         for item in it:
             while not stop.is_set():
                 try:
