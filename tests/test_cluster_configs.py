@@ -41,7 +41,7 @@ ENTRYPOINT_MODULE = "jobs.pseudo_label"
 # The job's Ray options (jobs/pseudo_label.py): GPU share per actor, CPUs per actor (default 1),
 # and the actor pool MIN:MAX that Ray Data autoscales within.
 GPUS_OPT, CPUS_OPT, ACTORS_OPT = "--gpus-per-actor", "--cpus-per-actor", "--actors"
-# What cluster/README.md promises as MAX of --actors MIN:MAX at --gpus-per-actor 0.5.
+# What README.md (Running at scale) promises as MAX of --actors MIN:MAX at --gpus-per-actor 0.5.
 DOCUMENTED_MAX_ACTORS_AT_HALF_GPU = {"aws": 32, "gcp": 28, "kuberay": 16}
 SECRET_PATTERNS = {
     "AWS access key id": re.compile(r"(?<![A-Z0-9])(AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"),
@@ -262,9 +262,17 @@ def actor_options(opts: dict[str, str]) -> tuple[float, float, int, int]:
     return f, c, lo, hi
 
 
+def scale_section() -> str:
+    """The "## Running at scale" section of README.md (up to the next second-level heading)."""
+    text = (ROOT / "README.md").read_text()
+    assert "\n## Running at scale\n" in text, "README.md has no '## Running at scale' section"
+    section = text.split("\n## Running at scale\n", 1)[1]
+    return "## Running at scale\n" + re.split(r"\n## (?!#)", section, maxsplit=1)[0]
+
+
 def readme_commands() -> list[str]:
-    """`python -m jobs.pseudo_label ...` command lines from cluster/README.md (continuations joined)."""
-    text = (CLUSTER / "README.md").read_text().replace("\\\n", " ")
+    """`python -m jobs.pseudo_label ...` command lines from README's "Running at scale" (continuations joined)."""
+    text = scale_section().replace("\\\n", " ")
     return [
         line[line.index("python -m") :].strip()
         for line in text.splitlines()
@@ -413,7 +421,7 @@ def test_launcher_gpu_workers_scale_from_zero(name):
 def test_launcher_scheduling(name):
     """Autoscaler v2 (the default for `ray up` since Ray 2.50) places the job's GPU actors on the
     preferred spot type, falls back when it fails, never uses the head, and the cluster's capacity
-    equals the MAX of `--actors MIN:MAX` documented in cluster/README.md."""
+    equals the MAX of `--actors MIN:MAX` documented in README.md (Running at scale)."""
     prepared = ray_launcher_validate(load_launcher(name))
     workers = {k: v for k, v in prepared["available_node_types"].items() if k != prepared["head_node_type"]}
     by_priority = sorted(workers, key=lambda k: -workers[k].get("priority", 0))
@@ -683,7 +691,7 @@ def test_rayjob_actor_options_fit_gpu_group():
     gpus = gpu_limit(container)
     assert hi == group["maxReplicas"] * gpus / f, "MAX actors must equal the GPU group's actor capacity"
     if f == 0.5:
-        assert hi == DOCUMENTED_MAX_ACTORS_AT_HALF_GPU["kuberay"], "cluster/README.md states another number"
+        assert hi == DOCUMENTED_MAX_ACTORS_AT_HALF_GPU["kuberay"], "README.md (Running at scale) states another number"
     cpus = float(container["resources"]["limits"]["cpu"])
     assert gpus / f * c <= cpus - 1, "each pod needs --cpus-per-actor per actor plus one to spare"
 
@@ -706,12 +714,11 @@ def test_readme_commands_use_real_module_and_fit_clusters():
             assert f == 0.5
             seen_max.add(hi)
     assert seen_max and seen_max <= set(DOCUMENTED_MAX_ACTORS_AT_HALF_GPU.values()), seen_max
-    text = (CLUSTER / "README.md").read_text()
-    assert text.startswith("## Running at scale")
+    text = scale_section()
     for needle in ("ray up -y cluster/aws-gpu.yaml", "ray get-auth-token", "RAY_AUTH_TOKEN",
-                   "kubectl apply -f cluster/kuberay/", "kubectl port-forward", "<FPS_A10G>", "<FPS_L4>",
+                   "kubectl apply -f cluster/kuberay/", "kubectl port-forward", "fps per GPU",
                    "videos × 300 / fps / 3600"):
-        assert needle in text, f"cluster/README.md lacks {needle!r}"
+        assert needle in text, f"README.md (Running at scale) lacks {needle!r}"
 
 
 # ---------------------------------------------------------------------------------------------

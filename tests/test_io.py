@@ -155,8 +155,19 @@ def test_write_palette_png_to_fsspec_url():
     write_palette_png("memory://vos-test-out/seq/00000.png", ids)
     np.testing.assert_array_equal(read_id_map("memory://vos-test-out/seq/00000.png"), ids)
     fsspec.filesystem("memory").rm("/vos-test-out", recursive=True)
-    with pytest.raises(ValueError, match="0..255"):
-        write_palette_png("memory://vos-test-out/x.png", np.full((2, 2), 256))
+    with pytest.raises(ValueError, match="0..65535"):
+        write_palette_png("memory://vos-test-out/x.png", np.full((2, 2), 70000))
+
+
+def test_ids_above_255_round_trip_as_16bit_png(tmp_path):
+    """A palette holds 256 ids; larger ids (YouTube-VOS-style or hashed) go to 16-bit grey, exactly."""
+    ids = np.zeros((6, 9), np.int32)
+    ids[1:3, 2:5], ids[4, 7], ids[5, 0] = 300, 65535, 4
+    write_palette_png(tmp_path / "big.png", ids)
+    assert Image.open(tmp_path / "big.png").mode.startswith("I")
+    got = read_id_map(tmp_path / "big.png")
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, ids)
 
 
 def test_load_annotations_judo_keeps_the_mismatched_mask():

@@ -68,6 +68,7 @@ class Segmenter:
 
     def __init__(self, model: AFBURR, budget: int = 300_000, merge_thres: float = 0.95, update_rate: float = 0.1,
                  size: int | None = None, u_threshold: float = UNCERTAIN_U, keep_probs: bool = True,
+                 keep_uncertainty: bool | None = None,
                  resize_annotations: bool = False, precision: str = "fp32", channels_last: bool = True):
         """size: process at this shorter side (None: input size); results come back at the input size.
         resize_annotations: resize an annotation whose size differs from its frame (nearest) instead of
@@ -87,6 +88,8 @@ class Segmenter:
         self.size = size
         self.u_threshold = u_threshold
         self.keep_probs = keep_probs
+        # the U map alone (H×W) is cheap to keep where the K×H×W probabilities are not
+        self.keep_uncertainty = keep_probs if keep_uncertainty is None else keep_uncertainty
         self.resize_annotations = resize_annotations
         self.bank: FeatureBank | None = None  # the bank of the video being run (for inspection)
 
@@ -237,6 +240,6 @@ class Segmenter:
         return FrameResult(
             index=t, object_ids=list(object_ids), mask=mask,
             probs=probs.cpu().numpy() if self.keep_probs else None,
-            uncertainty=u.cpu().numpy() if self.keep_probs else None,
+            uncertainty=u.cpu().numpy() if self.keep_uncertainty else None,
             stats=stats, annotated=annotated,
         )

@@ -74,18 +74,23 @@ def read_id_map(path_or_bytes: str | os.PathLike | bytes, storage_options: dict 
 
 
 def write_palette_png(path: str | os.PathLike, id_map: np.ndarray, storage_options: dict | None = None) -> None:
-    """Writes an H×W id map (ids 0..255) as a DAVIS palette PNG to a path or fsspec URL."""
+    """Writes an H×W id map as a PNG to a path or fsspec URL: a DAVIS palette PNG when every
+    id is in 0..255 (what DAVIS tools expect), else a 16-bit greyscale PNG (ids up to 65535,
+    which a palette cannot hold). read_id_map reads both back exactly."""
     ids = np.asarray(id_map)
     if ids.ndim != 2:
         raise ValueError(f"{path}: expected an H×W id map, got shape {ids.shape}")
     if ids.dtype != bool and not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"{path}: expected integer ids, got {ids.dtype}")
-    if ids.size and (ids.min() < 0 or ids.max() > 255):
-        raise ValueError(f"{path}: a palette PNG holds ids 0..255, got {ids.min()}..{ids.max()}")
-    img = Image.fromarray(ids.astype(np.uint8))
-    img.putpalette(davis_palette().tobytes())  # turns the 'L' image into 'P' with the same indices
+    if ids.size and (ids.min() < 0 or ids.max() > 65535):
+        raise ValueError(f"{path}: an id-map PNG holds ids 0..65535, got {ids.min()}..{ids.max()}")
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    if ids.size == 0 or ids.max() <= 255:
+        img = Image.fromarray(ids.astype(np.uint8))
+        img.putpalette(davis_palette().tobytes())  # turns the 'L' image into 'P' with the same indices
+        img.save(buf, format="PNG")
+    else:
+        Image.fromarray(ids.astype(np.uint16)).save(buf, format="PNG")  # mode I;16: 16-bit grey
     fs, fpath = _fs.resolve(path, storage_options)
     if _fs.is_local(fs):  # object stores have no folders to create
         fs.makedirs(fs._parent(fpath), exist_ok=True)

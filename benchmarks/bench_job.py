@@ -1,0 +1,132 @@
+"""Throughput of the whole Ray job against the segmenter alone on the same videos.
+
+    python benchmarks/bench_job.py                       # sample corpus x2, 1 and 2 actors
+    python benchmarks/bench_job.py --copies 4 --size 120 --actors 1,2 --checkpoint vos_core/weights/compact.pth
+
+"segmenter alone": one process, videos one after another, ``vos_core.Segmenter`` on frames
+decoded in the same thread, nothing written, 1 torch thread (what one 1-CPU actor gets).
+"job": ``jobs.pseudo_label`` in-process on an already started local Ray (Ray start-up is
+measured once, separately): manifest, checkpoint check, actor start-up and model load,
+decode-ahead, segmentation, RLE encoding, Parquet writes and commits. ``overhead`` compares
+the job's frames/s with the segmenter's times the number of actors (ideal scaling); on a
+machine with fewer free cores than actors the ideal is not reachable.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _manifest(copies: int, dest: Path) -> tuple[Path, list]:
+    from jobs.manifest import load_manifest
+
+    base = load_manifest(str(ROOT / "jobs" / "sample_corpus" / "manifest.csv"))
+    tasks = []
+    with open(dest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video_id", "video_uri", "annotations_uri", "start_frame"])
+        for c in range(copies):
+            for t in base:
+                w.writerow([f"{t.video_id}-{c}", t.video_uri, t.annotations_uri,
+                            "" if t.start_frame is None else t.start_frame])
+                tasks.append(t)
+    return dest, tasks
+
+
+def segmenter_alone(ckpt: str, tasks, size) -> tuple[float, int]:
+    import torch
+    from jobs.pseudo_label import select_annotations
+    from vos_core import Segmenter, load_model
+    from vos_core.io import load_annotations, open_frames
+
+    torch.set_num_threads(1)
+    seg = Segmenter(load_model(ckpt), size=size, keep_probs=False)
+    frames = 0
+    t0 = time.perf_counter()
+    for t in tasks:
+        src = open_frames(t.video_uri)
+        ann, _ = select_annotations(load_annotations(t.annotations_uri, frame_names=src.names), t.annotations_uri,
+                                    t.start_frame)
+        for _ in seg.run(src, ann):
+            frames += 1
+    return time.perf_counter() - t0, frames
+
+
+def job(ckpt: str, manifest: Path, out: Path, actors: int, size) -> tuple[float, int]:
+    import io
+    from contextlib import redirect_stdout
+
+    from jobs import pseudo_label
+    from jobs.commit import Layout, read_videos
+    from jobs.storage import Storage
+
+    args = ["--manifest", str(manifest), "--output", str(out), "--checkpoint", ckpt, "--actors", str(actors),
+            "--progress-interval", "0"] + (["--size", str(size)] if size else [])
+    t0 = time.perf_counter()
+    with redirect_stdout(io.StringIO()):
+        rc = pseudo_label.main(args)
+    wall = time.perf_counter() - t0
+    assert rc == 0
+    v = read_videos(Layout(str(out), Storage()), ["status", "frames", "seconds"]).to_pylist()
+    assert all(r["status"] == "ok" for r in v)
+    return wall, sum(r["frames"] for r in v), sum(r["seconds"] for r in v)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=None, help="default: the shipped weights, else a random compact model "
+                                                      "(same compute)")
+    p.add_argument("--copies", type=int, default=2, help="times the 3 sample videos are listed (default 2)")
+    p.add_argument("--size", type=int, default=None, help="working resolution (default: input size, 180)")
+    p.add_argument("--actors", default="1,2")
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from jobs.pseudo_label import DEFAULT_CHECKPOINT
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_job_"))
+    ckpt = args.checkpoint or (DEFAULT_CHECKPOINT if os.path.exists(DEFAULT_CHECKPOINT) else None)
+    if ckpt is None:
+        import torch
+        from vos_core.model import AFBURR, COMPACT, save_checkpoint
+        torch.manual_seed(0)
+        ckpt = str(tmp / "compact_random.pth")
+        save_checkpoint(AFBURR(COMPACT), ckpt)
+    manifest, tasks = _manifest(args.copies, tmp / "manifest.csv")
+    actor_counts = [int(a) for a in args.actors.split(",")]
+
+    import ray
+    t0 = time.perf_counter()
+    ray.init(num_cpus=max(actor_counts), include_dashboard=False, log_to_driver=False)
+    ray_start = time.perf_counter() - t0
+    rows = []
+    alone_s, alone_frames = segmenter_alone(ckpt, tasks, args.size)
+    rows.append(("segmenter alone", 1, len(tasks), alone_frames, alone_s, alone_s))
+    for n in actor_counts:
+        s, f, busy = job(ckpt, manifest, tmp / f"out_{n}", n, args.size)
+        assert f == alone_frames
+        rows.append(("job", n, len(tasks), f, s, busy))
+    ray.shutdown()
+
+    alone_fps = alone_frames / alone_s
+    print(f"\n{len(tasks)} videos, {alone_frames} frames, {'size ' + str(args.size) if args.size else 'input size'}, "
+          f"checkpoint {os.path.basename(ckpt)}, {os.cpu_count()} CPUs; Ray start-up {ray_start:.1f} s (not counted)")
+    print("| mode | actors | videos | frames | wall s | videos/s | frames/s | vs segmenter x actors "
+          "| frames/s per actor while busy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for mode, n, v, f, s, busy in rows:
+        rel = f / s / (alone_fps * n)
+        print(f"| {mode} | {n} | {v} | {f} | {s:.1f} | {v / s:.2f} | {f / s:.1f} | "
+              f"{'-' if mode != 'job' else f'{rel:.0%}'} | {f / busy:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Manifest reading (Parquet, CSV, JSON Lines, DAVIS root, S3 endpoint handling), no Ray."""
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import storage as st
+from jobs.manifest import ManifestError, VideoTask, load_manifest, write_manifest
+from job_helpers import SAMPLE, make_bucket, moto_s3  # noqa: F401  (fixture)
+
+ROWS = [
+    {"video_id": "00012", "video_uri": "videos/a.mp4", "annotations_uri": "masks/a", "start_frame": 3},
+    {"video_id": "b", "video_uri": "/abs/b", "annotations_uri": "s3://bucket/b.png", "start_frame": None},
+]
+
+
+def _expect(tmp_path):
+    return [
+        VideoTask("00012", os.path.join(str(tmp_path), "videos/a.mp4"), os.path.join(str(tmp_path), "masks/a"), 3),
+        VideoTask("b", "/abs/b", "s3://bucket/b.png", None),
+    ]
+
+
+@pytest.mark.parametrize("ext", ["parquet", "csv", "jsonl", "json"])
+def test_formats_relative_uris_and_ids_kept_as_strings(tmp_path, ext):
+    path = tmp_path / f"m.{ext}"
+    if ext == "parquet":
+        pq.write_table(pa.Table.from_pylist(ROWS), path)
+    elif ext == "csv":
+        path.write_text("video_id,video_uri,annotations_uri,start_frame,extra\n"
+                        "00012,videos/a.mp4,masks/a,3,x\nb,/abs/b,s3://bucket/b.png,,y\n")
+    elif ext == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in ROWS) + "\n")
+    else:
+        path.write_text(json.dumps(ROWS))
+    assert load_manifest(str(path)) == _expect(tmp_path)
+
+
+def test_file_url_and_roundtrip(tmp_path):
+    tasks = _expect(tmp_path)
+    write_manifest(tasks, str(tmp_path / "out.parquet"))
+    assert load_manifest("file://" + str(tmp_path / "out.parquet")) == tasks
+    write_manifest(tasks, str(tmp_path / "out.csv"))
+    assert load_manifest(str(tmp_path / "out.csv")) == tasks
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([{"video_id": "", "video_uri": "a", "annotations_uri": "b"}], "row 1: empty video_id"),
+    ([{"video_id": "  ", "video_uri": "a", "annotations_uri": "b"}], "row 1: empty video_id"),
+    ([{"video_id": None, "video_uri": "a", "annotations_uri": "b"}], "row 1: empty video_id"),
+    ([{"video_id": "x", "video_uri": "a", "annotations_uri": "b"}] * 2, "row 2: duplicate video_id 'x'"),
+    ([{"video_id": "x", "video_uri": "a"}], "missing column.*annotations_uri"),
+    ([{"video_id": "x", "video_uri": "a", "annotations_uri": "b", "start_frame": -1}], "start_frame"),
+    ([{"video_id": "x", "video_uri": "a", "annotations_uri": "b", "start_frame": "two"}], "start_frame"),
+    ([], "no rows"),
+])
+def test_bad_manifests_name_the_row(tmp_path, rows, match):
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ManifestError, match=match):
+        load_manifest(str(path))
+
+
+def test_missing_unknown_and_folder(tmp_path):
+    with pytest.raises(ManifestError, match="not found"):
+        load_manifest(str(tmp_path / "nope.csv"))
+    (tmp_path / "m.txt").write_text("x")
+    with pytest.raises(ManifestError, match="unknown manifest format"):
+        load_manifest(str(tmp_path / "m.txt"))
+    with pytest.raises(ManifestError, match="not a DAVIS-layout root"):
+        load_manifest(str(tmp_path))
+
+
+def test_unsafe_ids_are_accepted_and_kept(tmp_path):
+    rows = [{"video_id": v, "video_uri": "a", "annotations_uri": "b"} for v in ("../x", "a/b", "x" * 5000, "é\n")]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [t.video_id for t in load_manifest(str(path))] == ["../x", "a/b", "x" * 5000, "é\n"]
+
+
+def test_davis_root_becomes_a_manifest():
+    tasks = load_manifest(str(SAMPLE / "davis"))
+    assert [t.video_id for t in tasks] == ["judo-a", "judo-b"]
+    assert tasks[0].video_uri.endswith("JPEGImages/judo-a") and tasks[0].annotations_uri.endswith("Annotations/judo-a")
+    assert all(t.start_frame is None for t in tasks)
+
+
+def test_shipped_sample_manifest():
+    tasks = load_manifest(str(SAMPLE / "manifest.csv"))
+    assert [t.video_id for t in tasks] == ["judo-a", "judo-b", "judo-mp4"]
+    assert all(os.path.exists(t.video_uri) and os.path.exists(t.annotations_uri) for t in tasks)
+    total = sum(f.stat().st_size for f in SAMPLE.rglob("*") if f.is_file())
+    assert total < 2_000_000
+
+
+def test_endpoint_precedence():
+    env = {"AWS_ENDPOINT_URL": "http://aws", "AWS_ENDPOINT_URL_S3": "http://aws-s3", "FSSPEC_S3_ENDPOINT_URL": "http://fsspec"}
+    assert st.Storage.from_env(environ=env).endpoint_url == "http://fsspec"
+    assert st.Storage.from_env("http://explicit", environ=env).endpoint_url == "http://explicit"
+    assert st.Storage.from_env(options={"endpoint_url": "http://opt"}, environ=env).endpoint_url == "http://opt"
+    assert st.Storage.from_env(environ={"AWS_ENDPOINT_URL": "http://aws"}).endpoint_url == "http://aws"
+    assert st.Storage.from_env(environ={}).endpoint_url is None
+    s = st.Storage.from_env(options='{"anon": false}', environ={"AWS_ENDPOINT_URL": "http://aws"})
+    assert s.options_for("s3://b/k") == {"anon": False, "client_kwargs": {"endpoint_url": "http://aws"}}
+    assert s.options_for("/local/path") == {} and s.options_for("file:///x") == {}
+
+
+@pytest.mark.parametrize("how", ["AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL", "explicit"])
+def test_manifest_on_s3(moto_s3, tmp_path, how, monkeypatch):  # noqa: F811
+    bucket = f"manifests-{how.lower().replace('_', '-')}"
+    fs = make_bucket(moto_s3, bucket)
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(ROWS), buf)
+    fs.pipe(f"{bucket}/in/m.parquet", buf.getvalue().to_pybytes())
+    for k in st.ENDPOINT_ENV_VARS:
+        monkeypatch.delenv(k, raising=False)
+    if how == "explicit":
+        storage = st.Storage.from_env(moto_s3)
+    else:
+        monkeypatch.setenv(how, moto_s3)
+        storage = st.Storage.from_env()
+    tasks = load_manifest(f"s3://{bucket}/in/m.parquet", storage)
+    assert tasks[0] == VideoTask("00012", f"s3://{bucket}/in/videos/a.mp4", f"s3://{bucket}/in/masks/a", 3)
