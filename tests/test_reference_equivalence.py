@@ -167,7 +167,7 @@ def test_default_segmenter_agrees_with_reference(cr, reference_env, setting_name
     masks and banks. Its probabilities are not held to 1e-3 here: NHWC kernels
     round differently, and the authors' log(p / (1 - p)) of a clamped float32 p
     turns a one-ulp change of p near 1 into a logit step of up to log 2
-    (see benchmarks/RESULTS_segmenter.md); the nchw test above holds that bound."""
+    (see BENCHMARKS.md); the nchw test above holds that bound."""
     c = _compare(cr, reference_env, setting_name, "default")
     assert c.sizes_equal and c.merged_ours == c.merged_theirs
     assert c.mean_abs_prob_diff < 1e-4
