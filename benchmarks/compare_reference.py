@@ -230,6 +230,27 @@ def run_reference(ref, model, layout: Path, budget: int, merge_thres: float, upd
                      frame_seconds)
 
 
+def reference_self_check(ref, model, layout: Path, threads: int) -> list[str]:
+    """The authors' code against itself on the same checkpoint and frames: its default run against
+    one with 1 thread and one with channels_last convolutions. Where their probabilities move by
+    more than the tolerance between runs of their own code, no re-implementation can be held to it
+    there (the clamped log(p / (1 - p)) of a float32 p near 1 turns one ulp into a large step)."""
+    torch.set_num_threads(threads)
+    base = run_reference(ref, model, layout, 300_000, 0.95, 0.1)
+    lines = []
+    for name, prep in (("1 thread", lambda: torch.set_num_threads(1)),
+                       ("channels_last", lambda: model.to(memory_format=torch.channels_last))):
+        prep()
+        other = run_reference(ref, model, layout, 300_000, 0.95, 0.1)
+        torch.set_num_threads(threads)
+        model.to(memory_format=torch.contiguous_format)
+        d = np.abs(np.stack(base.probs[1:]) - np.stack(other.probs[1:]))
+        n_pix = d.shape[0] * d.shape[2] * d.shape[3]
+        lines.append(f"theirs ({threads} threads, NCHW) vs theirs ({name}): max abs dp {d.max():.3g}, mean abs dp "
+                     f"{d.mean():.2g}, pixel-frames differing by > 1e-3: {int((d.max(1) > 1e-3).sum())} of {n_pix}")
+    return lines
+
+
 def segmenter_accepts(name: str) -> bool:
     return name in inspect.signature(Segmenter.__init__).parameters
 
@@ -422,6 +443,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timing-repeats", type=int, default=3,
                     help="timed runs (alternating) of the default setting for the speed summary; best of these")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    ap.add_argument("--self-check", action="store_true",
+                    help="only run the authors' code against itself (1 thread, channels_last) and print how far "
+                         "its own probabilities move")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -454,6 +478,10 @@ def main(argv=None) -> int:
               f"{keys['strict_load_ok']} (missing {keys['missing_in_checkpoint']}, unexpected "
               f"{keys['unexpected_in_checkpoint']}, shape mismatches {keys['shape_mismatch']})")
 
+        if args.self_check:
+            layout = make_davis_layout(tmp / "davis_self", args.data, args.seq, args.frames, size)
+            print("\n".join(reference_self_check(ref, ref_model, layout, args.threads)))
+            return 0
         layouts = {k: make_davis_layout(tmp / f"davis_{k}obj", args.data, args.seq, args.frames, size, k == 2)
                    for k in (1, 2)}
         f0, _ = load_frames_like_reference(layouts[1], args.seq)

@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg = p.add_argument_group("segmentation")
     seg.add_argument("--size", type=int, default=None, help="working resolution: shorter side in pixels "
                      "(default: the input size); outputs are always at the input size")
-    seg.add_argument("--budget", type=int, default=300_000, help="feature bank budget (features per object)")
+    seg.add_argument("--budget", type=int, default=300_000, help="feature bank budget: features over all objects (budget // K each, background included)")
     seg.add_argument("--merge-thres", type=float, default=0.95, help="feature bank merge threshold (cosine)")
     seg.add_argument("--update-rate", type=float, default=0.1, help="feature bank update rate")
     seg.add_argument("--u-threshold", type=float, default=0.5, help="U above which a pixel counts as uncertain")

@@ -43,7 +43,8 @@ def add_segment_parser(sub) -> None:
                    help="folder of id-map PNGs named like the frames, or one PNG for frame 0")
     p.add_argument("--output", required=True, help="folder for the masks and stats.jsonl")
     p.add_argument("--size", type=int, default=480, help="shorter side to process at; 0 = the input size")
-    p.add_argument("--budget", type=int, default=300_000, help="feature-bank budget per object")
+    p.add_argument("--budget", type=int, default=300_000,
+                   help="feature-bank budget: features over all objects (budget // K each, background included)")
     p.add_argument("--merge-thres", type=float, default=0.95, help="similarity above which features merge")
     p.add_argument("--update-rate", type=float, default=0.1, help="feature-bank update rate")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
