@@ -25,7 +25,6 @@ import argparse
 import io
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 
 from vos_core.model import CONFIGS, AFBURR, save_checkpoint
 from vos_core.model.checkpoint import read_checkpoint
+from vos_core.metrics import db_eval_iou, evaluate_sequence
 from vos_core.model.decoder import uncertainty_map
 
 from .train_data import CocoIndex, DavisIndex, SampleStream
@@ -120,13 +120,6 @@ def clip_forward(model: AFBURR, frames: torch.Tensor, labels: torch.Tensor, vali
 
 
 # ---------------------------------------------------------------- validation
-def iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Region similarity J; 1 when both are empty (the DAVIS convention)."""
-    p, g = pred.astype(bool), gt.astype(bool)
-    union = np.logical_or(p, g).sum()
-    return 1.0 if union == 0 else float(np.logical_and(p, g).sum() / union)
-
-
 def validate(model: AFBURR, davis: DavisIndex, seqs, max_frames: int = 40, size: int | None = None) -> dict:
     """Mean J (frames 1..) per held-out sequence with the streaming Segmenter."""
     from vos_core.segmenter import Segmenter
@@ -142,7 +135,7 @@ def validate(model: AFBURR, davis: DavisIndex, seqs, max_frames: int = 40, size:
             js = []
             for r in seg.run((d[0] for d in data), {0: data[0][1]}):
                 if r.index > 0:
-                    js.append(iou(r.mask > 0, data[r.index][1] > 0))
+                    js.append(db_eval_iou(data[r.index][1] > 0, r.mask > 0))
             out[s] = float(np.mean(js))
     finally:
         model.train(was_training)
@@ -347,13 +340,9 @@ def evaluate_davis(model: AFBURR, root: str, sequences=None, size: int | None = 
     """Segments DAVIS-layout sequences from their first-frame mask with the
     project's Segmenter (processing at shorter side ``size``, results at full
     size) and scores them with vos_core.metrics (DAVIS toolkit J and F; first
-    and last frame unscored). Falls back to J only (IoU) if metrics is absent."""
+    and last frame unscored)."""
     from vos_core.segmenter import Segmenter
 
-    try:
-        from vos_core.metrics import evaluate_sequence
-    except ImportError:  # pragma: no cover - metrics module not present
-        evaluate_sequence = None
     index = DavisIndex(root, sequences=list(sequences) if sequences else None)
     model.eval()
     out = {}
@@ -365,14 +354,9 @@ def evaluate_davis(model: AFBURR, root: str, sequences=None, size: int | None = 
         preds = [r.mask for r in seg.run((d[0] for d in data), {0: data[0][1]})]
         dt = time.time() - t0
         gts = [d[1] for d in data]
-        if evaluate_sequence is not None:
-            sc = evaluate_sequence(gts, preds)
-            j, f = sc["J_mean"], sc["F_mean"]
-        else:
-            js = [iou(p > 0, g > 0) for p, g in zip(preds[1:-1], gts[1:-1])]
-            j, f = float(np.mean(js)), None
-        out[seq] = {"J": j, "F": f, "JF": (j + f) / 2 if f is not None else None, "frames": len(stems),
-                    "seconds": round(dt, 1)}
+        sc = evaluate_sequence(gts, preds)
+        j, f = sc["J_mean"], sc["F_mean"]
+        out[seq] = {"J": j, "F": f, "JF": (j + f) / 2, "frames": len(stems), "seconds": round(dt, 1)}
     return out
 
 
@@ -393,8 +377,7 @@ def eval_main(argv) -> int:
     res = evaluate_davis(model, a.root, [s for s in a.sequences.split(",") if s] or None, a.size or None,
                          a.max_frames or None)
     for seq, r in res.items():
-        print(f"{seq:20s} J {r['J']:.4f}  F {r['F'] if r['F'] is None else round(r['F'], 4)}  "
-              f"J&F {r['JF'] if r['JF'] is None else round(r['JF'], 4)}  ({r['frames']} frames, {r['seconds']} s)")
+        print(f"{seq:20s} J {r['J']:.4f}  F {r['F']:.4f}  J&F {r['JF']:.4f}  ({r['frames']} frames, {r['seconds']} s)")
     if a.json:
         with fsspec.open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -22,7 +22,8 @@ import cv2
 import fsspec
 import numpy as np
 import torch
-from PIL import Image
+
+from vos_core.io import read_id_map
 
 cv2.setNumThreads(1)
 
@@ -49,13 +50,17 @@ def read_rgb(uri: str) -> np.ndarray:
 
 
 def read_ids(uri: str) -> np.ndarray:
-    """8-bit id maps, palette PNGs (the palette index is the id) or RGB-less L images."""
-    with fsspec.open(uri, "rb") as f:
-        im = Image.open(f)
-        im.load()
-    if im.mode not in ("L", "P", "I", "I;16"):
-        im = im.convert("L")
-    return np.asarray(im).astype(np.int64)
+    """An id-map PNG (grey, palette or 16-bit; vos_core.io's reader and its errors) as int64."""
+    return read_id_map(uri).astype(np.int64)
+
+
+def load_pair(image_uri: str, ids_uri: str) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image and its id map, the map resized (nearest) to the image where they differ."""
+    img, ids = read_rgb(image_uri), read_ids(ids_uri)
+    if ids.shape != img.shape[:2]:
+        ids = cv2.resize(ids.astype(np.uint16), (img.shape[1], img.shape[0]),
+                         interpolation=cv2.INTER_NEAREST).astype(np.int64)
+    return img, ids
 
 
 def list_names(root: str, sub: str, exts=IMG_EXT) -> list[str]:
@@ -98,14 +103,11 @@ class DavisIndex:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        img = read_rgb(_join(self.root, "JPEGImages", seq, stem + ".jpg"))
-        ids = read_ids(_join(self.root, "Annotations", seq, stem + ".png"))
-        if ids.shape != img.shape[:2]:
-            ids = cv2.resize(ids.astype(np.uint16), (img.shape[1], img.shape[0]),
-                             interpolation=cv2.INTER_NEAREST).astype(np.int64)
+        pair = load_pair(_join(self.root, "JPEGImages", seq, stem + ".jpg"),
+                         _join(self.root, "Annotations", seq, stem + ".png"))
         if cache:
-            self._cache[key] = (img, ids)
-        return img, ids
+            self._cache[key] = pair
+        return pair
 
 
 class CocoIndex:
@@ -124,12 +126,8 @@ class CocoIndex:
         name = self.items[i]
         hit = self._cache.get(name)
         if hit is None:
-            img = read_rgb(_join(self.root, "images/train2017", name))
-            ids = read_ids(_join(self.root, "instance_masks", name.rsplit(".", 1)[0] + ".png"))
-            if ids.shape != img.shape[:2]:
-                ids = cv2.resize(ids.astype(np.uint16), (img.shape[1], img.shape[0]),
-                                 interpolation=cv2.INTER_NEAREST).astype(np.int64)
-            hit = self._cache[name] = (img, ids)
+            hit = self._cache[name] = load_pair(_join(self.root, "images/train2017", name),
+                                                _join(self.root, "instance_masks", name.rsplit(".", 1)[0] + ".png"))
         return hit
 
 
