@@ -26,12 +26,11 @@ import contextlib
 import hashlib
 import inspect
 import json
-import math
 import os
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -274,9 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     io_.add_argument("--run-id", default=None, help="id of the run; rerunning with the same id and output resumes it "
                      "(default: the run already at --output, else a new timestamped id)")
     io_.add_argument("--davis-resolution", default=None, help="resolution folder of a DAVIS root (e.g. 480p)")
-    io_.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// URLs (default: "
-                     "$FSSPEC_S3_ENDPOINT_URL, $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL)")
-    io_.add_argument("--storage-options", default=None, help="JSON object of extra fsspec options for remote URLs")
+    st.add_storage_arguments(io_)
     io_.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help="hash shards of video_id in the output "
                      f"(default {DEFAULT_SHARDS}; fixed for a run)")
     seg = p.add_argument_group("segmentation")

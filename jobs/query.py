@@ -146,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=["table", "csv", "jsonl"], default="table")
     p.add_argument("--decode-video", metavar="ID", help="write this video's masks as PNGs (needs --to)")
     p.add_argument("--to", metavar="DIR", help="folder for --decode-video")
-    p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: $FSSPEC_S3_ENDPOINT_URL, "
-                   "$AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL)")
-    p.add_argument("--storage-options", default=None, help="JSON object of extra fsspec options")
+    st.add_storage_arguments(p)
     args = p.parse_args(argv)
     storage = st.Storage.from_env(args.endpoint_url, args.storage_options)
     if args.decode_video is not None:

@@ -23,6 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
+from . import storage as st
+
 DEFAULT_FPS = 10.0  # slower than real time: a reviewer follows the contours
 
 
@@ -58,7 +60,6 @@ class VideoLabels:
 
 def open_layout(output: str, storage=None):
     """The ``Layout`` of the run at ``output``, with the shard count its ``_run.json`` records."""
-    from . import storage as st
     from .commit import DEFAULT_SHARDS, Layout, read_run
 
     storage = storage or st.Storage.from_env()
@@ -153,7 +154,6 @@ def rendered(labels: VideoLabels, mode: str = "beside", storage=None) -> Iterato
     """(frame labels, drawn RGB frame) for each labelled frame, in order."""
     from vos_core.io import open_frames
 
-    from . import storage as st
     from .visual import compose, decode_u_map
 
     storage = storage or st.Storage.from_env()
@@ -307,12 +307,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw the U map as a heatmap beside the frame (default), blended over it, or not")
     p.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frame rate of mp4/gif (default {DEFAULT_FPS:g})")
     p.add_argument("--max-side", type=int, default=None, help="scale frames down to this longest side")
-    p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: from the environment)")
-    p.add_argument("--storage-options", default=None, help="JSON object of extra fsspec options")
+    st.add_storage_arguments(p)
 
 
 def run(args) -> int:
-    from . import storage as st
 
     storage = st.Storage.from_env(args.endpoint_url, args.storage_options)
     result = render_video(args.output, args.video, args.to, args.uncertainty, args.fps, args.max_side, storage)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import storage as st
+
 SPIKE_Z = 3.5          # Iglewicz & Hoaglin's cut-off for the modified z-score
 SPIKE_MIN_RISE = 0.05  # ... and at least this much U above the median (a very flat series has a tiny MAD)
 SPIKE_MIN_FRAMES = 5   # fewer predicted frames: no baseline to compare against
@@ -379,7 +381,6 @@ def render_html(run: dict, output_uri: str, entries: list[VideoEntry]) -> str:
 
 def write_report(output: str, to: str | None = None, thumbnails: int = THUMBNAILS, storage=None) -> str:
     """Writes ``<to>/index.html`` (and ``<to>/img/``) for the run at ``output``; returns its path."""
-    from . import storage as st
     from .commit import read_run
     from .query import connect
     from .render import open_layout
@@ -415,12 +416,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", help="local folder for index.html and img/ (default: vos_report_<run_id>)")
     p.add_argument("--thumbnails", type=int, default=THUMBNAILS,
                    help=f"overlay thumbnails per video (default {THUMBNAILS}; 0: do not reopen the videos)")
-    p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: from the environment)")
-    p.add_argument("--storage-options", default=None, help="JSON object of extra fsspec options")
+    st.add_storage_arguments(p)
 
 
 def run(args) -> int:
-    from . import storage as st
 
     storage = st.Storage.from_env(args.endpoint_url, args.storage_options)
     path = write_report(args.output, args.to, args.thumbnails, storage)

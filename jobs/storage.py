@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
+
+from vos_core.io._fs import display, is_local  # noqa: F401  (re-exported: one definition for vos_core.io and jobs)
 
 S3_PROTOCOLS = ("s3", "s3a")
 #: Environment variables giving an S3 endpoint, in the order they are honoured.
@@ -100,13 +101,12 @@ class Storage:
         return f"S3 endpoint {self.endpoint_url}" if self.endpoint_url else "default S3 endpoint"
 
 
-def is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    return isinstance(fs, LocalFileSystem)
-
-
-def display(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """A path as the user would write it: plain for local files, with its protocol otherwise."""
-    return path if is_local(fs) else fs.unstrip_protocol(path)
+def add_storage_arguments(parser) -> None:
+    """The object-storage options every jobs command takes (an argparse parser or group);
+    ``Storage.from_env(args.endpoint_url, args.storage_options)`` reads them."""
+    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// URLs (default: "
+                        + ", ".join(f"${v}" for v in ENDPOINT_ENV_VARS) + ")")
+    parser.add_argument("--storage-options", default=None, help="JSON object of extra fsspec options for remote URLs")
 
 
 def join_uri(base: str, *parts: str) -> str:
