@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import importlib
 import inspect
-import io
 import json
 import os
 import sys

@@ -136,7 +136,7 @@ def test_driver_killed_then_resumed(ray_runtime, compact_ckpt, tmp_path, tmp_pat
     capsys.readouterr()
     assert pseudo_label.main(args) == 0  # the same command: resumes
     text = capsys.readouterr().out
-    assert "(resumed)" in text and f"skipped" in text
+    assert "(resumed)" in text and "skipped" in text
     videos = assert_exactly_once(str(out), {f"vid{i:02d}" for i in range(8)})
     for vid, attempt in before.items():
         assert videos[vid]["attempt"] == attempt  # committed before the kill: not redone

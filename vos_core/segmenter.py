@@ -231,7 +231,6 @@ class Segmenter:
         probs = probs.float()
         labels = probs.argmax(0)
         u = uncertainty_map(probs, dim=0)[0]
-        k = len(object_ids)
         sizes = bank.sizes() if bank is not None else []
         evicted = [o.evicted_total for o in bank.objects] if bank is not None else []
         stats = compute_stats(probs, labels, u, object_ids, sizes, evicted, self.u_threshold)

@@ -41,7 +41,6 @@ class AFBURR(nn.Module):
     def encode_memory(self, frame: torch.Tensor, masks: torch.Tensor):
         """frame: 1×3×H×W (padded to /16); masks: K×H×W soft masks, background
         first. Returns keys K×keydim×N and values K×valdim×N."""
-        k = masks.shape[0]
         m = masks.unsqueeze(1).to(frame.dtype)
         r4, _ = self.encoder_m(frame, m, (1 - m).clamp(0, 1))
         return self.keyval_r4(r4)
