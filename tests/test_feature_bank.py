@@ -174,3 +174,26 @@ def test_blocked_read_equals_one_shot_read(monkeypatch):
     got = blocked.read(q)
     assert torch.allclose(ref, got, atol=1e-6)
     assert torch.allclose(full.objects[0].usage, blocked.objects[0].usage)
+
+
+def test_read_of_a_grown_bank_matches_the_definition_in_float64(monkeypatch):
+    """Thousands of entries in a buffer wider than the bank (as after growth), read in several
+    blocks: readout and usage as the AFB definition gives them, computed in float64."""
+    import vos_core.feature_bank as fb
+
+    torch.manual_seed(1)
+    d, v, n, hw = 32, 16, 3000, 200
+    keys, values, q = torch.randn(d, n), torch.randn(v, n), torch.randn(d, hw)
+    attn = torch.softmax(keys.double().t() @ q.double() / math.sqrt(d), dim=0)
+    want = (values.double() @ attn).float()
+    want_usage = torch.log((attn > READ_THRESHOLD).sum(1).double() + 1).float()
+    bank = fb.FeatureBank(d, v, budget=10 * n)
+    mem = fb.ObjectMemory(d, v, "cpu", capacity=n + 100)
+    mem.append(keys, values, 0, limit=n + 100)
+    bank.objects.append(mem)
+    monkeypatch.setattr(fb, "_READ_BLOCK", n * 64)  # blocks of 64 query pixels: 4 blocks
+    with torch.inference_mode():
+        got = bank.read(q)
+    assert torch.allclose(got[0], want, atol=1e-5), (got[0] - want).abs().max()
+    # a weight within float error of 1e-3 may count differently: allow a handful of such entries
+    assert (bank.objects[0].usage - want_usage).abs().gt(1e-5).sum() <= 3
