@@ -144,7 +144,7 @@ def _compare(cr, env, setting_name, variant):
 
 @pytest.mark.parametrize("setting_name", list(SETTINGS))
 def test_matches_reference_with_the_authors_arithmetic(cr, reference_env, setting_name):
-    """NCHW convolutions (the authors' memory format): probabilities within 1e-3 of
+    """The authors' arithmetic (NCHW convolutions, batch norm unfolded): probabilities within 1e-3 of
     the authors' eval loop on every frame, identical bank sizes frame by frame."""
     variant = "nchw" if "nchw" in reference_env["ours"] else "default"
     c = _compare(cr, reference_env, setting_name, variant)
@@ -162,9 +162,9 @@ def test_matches_reference_with_the_authors_arithmetic(cr, reference_env, settin
 
 @pytest.mark.parametrize("setting_name", list(SETTINGS))
 def test_default_segmenter_agrees_with_reference(cr, reference_env, setting_name):
-    """Segmenter defaults (channels_last convolutions where supported): the same
-    masks and banks. Its probabilities are not held to 1e-3 here: NHWC kernels
-    round differently, and the authors' log(p / (1 - p)) of a clamped float32 p
+    """Segmenter defaults (channels_last convolutions, batch norm folded into them):
+    the same masks and banks. Its probabilities are not held to 1e-3 here: NHWC
+    kernels and folded weights round differently, and the authors' log(p / (1 - p)) of a clamped float32 p
     turns a one-ulp change of p near 1 into a logit step of up to log 2
     (see BENCHMARKS.md); the nchw test above holds that bound."""
     c = _compare(cr, reference_env, setting_name, "default")
