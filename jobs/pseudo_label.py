@@ -13,7 +13,8 @@ dataset of one row per video, in one block per video; ``map_batches`` with a cla
 (:class:`VideoLabeler`) and ``batch_size=1`` runs it on an actor pool of
 ``--actors MIN:MAX`` actors, each holding the model (loaded once) and segmenting the
 videos it is given one after another, frame by frame (frames are decoded ahead in a
-background thread, ``vos_core.io.prefetch``). Each video's rows are written by the
+background thread, ``vos_core.io.prefetch``, and results are encoded on another,
+``jobs.background``). Each video's rows are written by the
 actor that segmented it and committed per video (jobs/commit.py); only a one-line
 summary per video comes back to the driver, which prints progress. An actor that
 dies is restarted and its video retried (``max_restarts``/``max_task_retries``);
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import storage as st
+from .background import InOrderWorker
 from .commit import DEFAULT_SHARDS, Layout, VideoCommit, clear_staging, committed, open_run, write_failed
 from .manifest import ManifestError, VideoTask, load_manifest
 
@@ -66,6 +68,7 @@ class JobConfig:
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     prefetch_depth: int = 4
+    encode_thread: bool = True  # encode results on a thread of their own (False: on the model's thread)
     live: object = None  # LiveFrames actor handle (None: no live progress)
 
     @property
@@ -153,11 +156,15 @@ def process_video(task: VideoTask, segmenter, config: JobConfig, device: str = "
             ann = load_annotations(task.annotations_uri, frame_names=frames.names,
                                    storage_options=storage.options_for(task.annotations_uri))
             ann, start = select_annotations(ann, task.annotations_uri, task.start_frame)
-            for r in segmenter.run(prefetch(frames, depth=config.prefetch_depth), ann):
-                vc.add(r, frames.name(r.index))
-                if live is not None and time.monotonic() - last_report > _REPORT_EVERY_S:
-                    last_report = time.monotonic()
-                    live.report.remote(task.video_id, vc.frames)
+            # Frames are decoded ahead on one thread and each result is encoded (RLE, PNG,
+            # row buffers) on another, so the model's thread only runs the model.
+            encode_depth = config.prefetch_depth if config.encode_thread else 0
+            with InOrderWorker(vc.add, depth=encode_depth, name=f"encode-{task.video_id}") as encoder:
+                for r in segmenter.run(prefetch(frames, depth=config.prefetch_depth), ann):
+                    encoder.submit(r, frames.name(r.index))
+                    if live is not None and time.monotonic() - last_report > _REPORT_EVERY_S:
+                        last_report = time.monotonic()
+                        live.report.remote(task.video_id, vc.frames)
         finally:
             frames.close()
         if not vc.frames:
@@ -295,7 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     ray_.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (also torch threads on CPU)")
     ray_.add_argument("--max-retries", type=int, default=3,
                       help="restarts of a dead actor and retries of its video (default 3)")
-    ray_.add_argument("--prefetch", type=int, default=4, help="frames decoded ahead per actor")
+    ray_.add_argument("--prefetch", type=int, default=4,
+                      help="frames decoded ahead, and results waiting to be encoded, per actor (at least 1)")
+    ray_.add_argument("--encode-inline", action="store_true",
+                      help="encode results (RLE, PNG, Parquet rows) on the model's thread instead of a thread of "
+                           "their own (the A/B baseline of benchmarks/bench_job.py)")
     ray_.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local "
                       "Ray started in-process)")
     ray_.add_argument("--num-cpus", type=int, default=None, help="CPUs of the in-process Ray (default: all)")
@@ -410,7 +421,8 @@ def run(args) -> int:
             progress.live = live
             config = JobConfig(checkpoint=args.checkpoint, model_checksum=model_checksum, layout=layout,
                                run_id=run_id, settings=settings, gpus_per_actor=args.gpus_per_actor,
-                               cpus_per_actor=args.cpus_per_actor, prefetch_depth=args.prefetch, live=live)
+                               cpus_per_actor=args.cpus_per_actor, prefetch_depth=args.prefetch,
+                               encode_thread=not args.encode_inline, live=live)
             lo, hi = _pool_size(*parse_actors(args.actors), args, len(pending))
             if hi > lo:
                 # One video in flight per actor (a second one queued behind a long video would wait while a
@@ -453,7 +465,10 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.prefetch < 1:
+        parser.error(f"--prefetch must be at least 1, got {args.prefetch}")
     from vos_core import CheckpointError
 
     from .commit import OutputError
