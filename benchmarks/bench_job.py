@@ -7,7 +7,8 @@
 decoded in the same thread, nothing written, 1 torch thread (what one 1-CPU actor gets).
 "job": ``jobs.pseudo_label`` in-process on an already started local Ray (Ray start-up is
 measured once, separately): manifest, checkpoint check, actor start-up and model load,
-decode-ahead, segmentation, RLE encoding, Parquet writes and commits. ``overhead`` compares
+decode-ahead, segmentation, RLE encoding, Parquet writes and commits. "job, encode inline" is
+the same with ``--encode-inline`` (results encoded on the model's thread, not overlapped). ``overhead`` compares
 the job's frames/s with the segmenter's times the number of actors (ideal scaling); on a
 machine with fewer free cores than actors the ideal is not reachable.
 """
@@ -60,7 +61,7 @@ def segmenter_alone(ckpt: str, tasks, size) -> tuple[float, int]:
     return time.perf_counter() - t0, frames
 
 
-def job(ckpt: str, manifest: Path, out: Path, actors: int, size) -> tuple[float, int]:
+def job(ckpt: str, manifest: Path, out: Path, actors: int, size, encode_inline: bool = False) -> tuple[float, int]:
     import io
     from contextlib import redirect_stdout
 
@@ -69,7 +70,8 @@ def job(ckpt: str, manifest: Path, out: Path, actors: int, size) -> tuple[float,
     from jobs.storage import Storage
 
     args = ["--manifest", str(manifest), "--output", str(out), "--checkpoint", ckpt, "--actors", str(actors),
-            "--progress-interval", "0"] + (["--size", str(size)] if size else [])
+            "--progress-interval", "0"] + (["--size", str(size)] if size else []) + \
+        (["--encode-inline"] if encode_inline else [])
     t0 = time.perf_counter()
     with redirect_stdout(io.StringIO()):
         rc = pseudo_label.main(args)
@@ -87,6 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--copies", type=int, default=2, help="times the 3 sample videos are listed (default 2)")
     p.add_argument("--size", type=int, default=None, help="working resolution (default: input size, 180)")
     p.add_argument("--actors", default="1,2")
+    p.add_argument("--no-inline-ab", action="store_true",
+                   help="skip the A/B run of 1 actor with results encoded on the model's thread (--encode-inline)")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from jobs.pseudo_label import DEFAULT_CHECKPOINT
@@ -113,6 +117,10 @@ def main(argv=None) -> int:
         s, f, busy = job(ckpt, manifest, tmp / f"out_{n}", n, args.size)
         assert f == alone_frames
         rows.append(("job", n, len(tasks), f, s, busy))
+        if n == 1 and not args.no_inline_ab:
+            s, f, busy = job(ckpt, manifest, tmp / "out_inline", 1, args.size, encode_inline=True)
+            assert f == alone_frames
+            rows.append(("job, encode inline", 1, len(tasks), f, s, busy))
     ray.shutdown()
 
     alone_fps = alone_frames / alone_s
@@ -124,7 +132,7 @@ def main(argv=None) -> int:
     for mode, n, v, f, s, busy in rows:
         rel = f / s / (alone_fps * n)
         print(f"| {mode} | {n} | {v} | {f} | {s:.1f} | {v / s:.2f} | {f / s:.1f} | "
-              f"{'-' if mode != 'job' else f'{rel:.0%}'} | {f / busy:.1f} |")
+              f"{'-' if not mode.startswith('job') else f'{rel:.0%}'} | {f / busy:.1f} |")
     return 0
 
 

@@ -27,6 +27,7 @@ import contextlib
 import importlib
 import inspect
 import json
+import math
 import os
 import sys
 import tempfile
@@ -192,8 +193,9 @@ class RunResult:
 
 
 def run_reference(ref, model, layout: Path, budget: int, merge_thres: float, update_rate: float,
-                  device="cpu") -> RunResult:
-    """Their eval_DAVIS loop (eval.py), minus writing PNGs."""
+                  device="cpu", prefill: tuple[list, list] | None = None) -> RunResult:
+    """Their eval_DAVIS loop (eval.py), minus writing PNGs. ``prefill`` (keys, values per
+    row): appended to every row's bank right after frame 0 (see :func:`prefill_features`)."""
     ds = ref.DAVIS_Test_DS(str(layout), "2017/val.txt")
     frames, masks, obj_n, info = ds[0]
     frames, masks = frames.to(device), masks.to(device)
@@ -206,6 +208,11 @@ def run_reference(ref, model, layout: Path, budget: int, merge_thres: float, upd
         fb = ref.FeatureBank(obj_n, budget, device, update_rate=update_rate, thres_close=merge_thres)
         k4_list, v4_list = model.memorize(frames[0:1], pred_mask)
         fb.init_bank(k4_list, v4_list)
+        if prefill is not None:
+            for i, (k, v) in enumerate(zip(*prefill)):
+                fb.keys[i] = torch.cat([fb.keys[i], k.to(device)], dim=1)
+                fb.values[i] = torch.cat([fb.values[i], v.to(device)], dim=1)
+                fb.info[i] = torch.cat([fb.info[i], torch.zeros(k.shape[1], 2, device=device)])  # frame 0, unused
         frame_seconds, tp = [], time.perf_counter()
         for t in range(1, frame_n):
             sizes.append([int(fb.keys[i].shape[1]) for i in range(obj_n)])
@@ -257,8 +264,9 @@ def segmenter_accepts(name: str) -> bool:
 #: Variants of our side: Segmenter keyword arguments on top of the defaults.
 VARIANTS = {
     "default": {},
-    # NCHW convolutions: the authors' memory format (Segmenter's default is channels_last).
-    "nchw": {"channels_last": False},
+    # The authors' arithmetic op for op: NCHW convolutions (their memory format) and batch norm
+    # left unfolded (the Segmenter's defaults are channels_last and folded batch norm).
+    "nchw": {"channels_last": False, "fold_bn": False},
 }
 #: Variants not expected to match within ``--tol``: reported with the agreement they get.
 APPROX_VARIANTS = {
@@ -267,9 +275,36 @@ APPROX_VARIANTS = {
 ALL_VARIANTS = VARIANTS | APPROX_VARIANTS
 
 
+class _PrefilledSegmenter(Segmenter):
+    """The Segmenter, with ``prefill`` appended to every row's bank right after frame 0 is memorised,
+    as :func:`run_reference` does to theirs: the bank of a long video, without running one."""
+
+    def __init__(self, model, prefill, **kwargs):
+        super().__init__(model, **kwargs)
+        self.prefill = prefill
+
+    def _memorise(self, bank, x, probs, n_banked, t):
+        first = bank is None
+        bank = super()._memorise(bank, x, probs, n_banked, t)
+        if first:
+            for mem, k, v in zip(bank.objects, *self.prefill):
+                mem.append(k.float(), v.float(), t, limit=bank.object_budget)
+        return bank
+
+
+def prefill_features(rows: int, n: int, keydim: int = 128, valdim: int = 512, seed: int = 0) -> tuple[list, list]:
+    """Random keys and values (n per row) to pre-fill both banks with: a full bank's read and
+    merge-search cost without the hour of frames it takes to fill one on a CPU. Random 128-d keys are
+    nowhere near 0.95 cosine-similar to real ones, so they change no merge decision."""
+    g = torch.Generator().manual_seed(seed)
+    return ([torch.randn(keydim, n, generator=g) * 2 for _ in range(rows)],
+            [torch.randn(valdim, n, generator=g) for _ in range(rows)])
+
+
 def run_ours(model, frames: list[np.ndarray], first_mask: np.ndarray, budget: int, merge_thres: float,
-             update_rate: float, **segmenter_kwargs) -> RunResult:
-    seg = Segmenter(model, budget=budget, merge_thres=merge_thres, update_rate=update_rate, **segmenter_kwargs)
+             update_rate: float, prefill: tuple[list, list] | None = None, **segmenter_kwargs) -> RunResult:
+    kwargs = dict(budget=budget, merge_thres=merge_thres, update_rate=update_rate, **segmenter_kwargs)
+    seg = Segmenter(model, **kwargs) if prefill is None else _PrefilledSegmenter(model, prefill, **kwargs)
     probs, sizes = [], []
     merged = 0
     frame_seconds = []
@@ -339,15 +374,16 @@ class Comparison:
 
 
 def compare(ref, ref_model, our_model, layout: Path, seq: str, setting: Setting, tol: float = 1e-3,
-            device="cpu", variant: str = "default", theirs: RunResult | None = None) -> Comparison:
+            device="cpu", variant: str = "default", theirs: RunResult | None = None,
+            prefill: tuple[list, list] | None = None) -> Comparison:
     """One setting, one variant of ours. ``theirs``: a reference run of the same
     setting to reuse (the reference is deterministic)."""
     frames, mask = load_frames_like_reference(layout, seq)
     if theirs is None:
         theirs = run_reference(ref, ref_model, layout, setting.budget_theirs, setting.merge_thres,
-                               setting.update_rate, device)
+                               setting.update_rate, device, prefill)
     ours = run_ours(our_model, frames, mask, setting.budget_ours, setting.merge_thres, setting.update_rate,
-                    **ALL_VARIANTS[variant])
+                    prefill, **ALL_VARIANTS[variant])
     assert len(theirs.probs) == len(ours.probs) == len(frames)
     diffs = [np.abs(a.astype(np.float64) - b.astype(np.float64)) for a, b in zip(ours.probs, theirs.probs)]
     agree = np.mean([(a.argmax(0) == b.argmax(0)).mean() for a, b in zip(ours.probs[1:], theirs.probs[1:])])
@@ -371,6 +407,65 @@ def compare(ref, ref_model, our_model, layout: Path, seq: str, setting: Setting,
         fps_ours=len(frames) / ours.seconds, fps_theirs=len(frames) / theirs.seconds,
         expect_equal=setting.expect_equal and variant not in APPROX_VARIANTS, tol=tol,
     )
+
+
+def compare_full_bank_read(ref, bank_per_row: int, rows: int, query_hw: tuple[int, int], repeats: int = 3,
+                           keydim: int = 128, valdim: int = 512, seed: int = 0) -> list[dict]:
+    """The memory read alone over a bank of ``bank_per_row`` features in each of ``rows`` rows
+    (the state of a long video once the bank is full): their ``Matcher`` (with ``update_bank``,
+    as eval.py builds it, so it also counts reads) against our ``FeatureBank.read`` on the same
+    random keys, values and query. Returns
+    one dict per implementation: best seconds of ``repeats`` and the max output/usage difference
+    to theirs."""
+    from vos_core.feature_bank import FeatureBank, ObjectMemory
+
+    g = torch.Generator().manual_seed(seed)
+    hw = query_hw[0] * query_hw[1]
+    keys = [torch.randn(keydim, bank_per_row, generator=g) * 2 for _ in range(rows)]
+    values = [torch.randn(valdim, bank_per_row, generator=g) for _ in range(rows)]
+    q_key = torch.randn(1, keydim, hw, generator=g) * 2
+    q_val = torch.randn(1, valdim, hw, generator=g)
+
+    def theirs():
+        fb = ref.FeatureBank(rows, 10 * rows * bank_per_row, "cpu")
+        fb.init_bank([k.clone() for k in keys], [v.clone() for v in values])
+        matcher = importlib.import_module("model.AFB_URR").Matcher(update_bank=True)
+        t0 = time.perf_counter()
+        out = matcher(fb, q_key, q_val)  # 1×rows×(2·valdim)×HW: [readout, query value]
+        return time.perf_counter() - t0, out[0, :, :valdim], torch.stack([i[:, 1] for i in fb.info])
+
+    def ours():
+        bank = FeatureBank(keydim, valdim, budget=10 * rows * bank_per_row)
+        for k, v in zip(keys, values):
+            mem = ObjectMemory(keydim, valdim, "cpu")
+            mem.append(k, v, 0, limit=bank_per_row)
+            bank.objects.append(mem)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            out = bank.read(q_key[0])
+            return time.perf_counter() - t0, out, torch.stack([o.usage for o in bank.objects])
+
+    runs = {"theirs (Matcher)": theirs, "ours (FeatureBank.read)": ours}
+    best, outputs = {}, {}
+    with torch.no_grad():
+        for name, fn in runs.items():  # warm-up
+            fn()
+        for _ in range(repeats):  # alternate, so a busy machine slows all alike
+            for name, fn in runs.items():
+                sec, out, usage = fn()
+                best[name] = min(best.get(name, float("inf")), sec)
+                outputs[name] = (out, usage)
+    ref_out, ref_usage = outputs["theirs (Matcher)"]
+    exact = torch.stack([(v.double() @ torch.softmax(k.double().t() @ q_key[0].double() / math.sqrt(keydim), dim=0))
+                         .float() for k, v in zip(keys, values)])  # float64 read: which side is closer to it
+    flops = 2 * rows * bank_per_row * hw * (keydim + valdim)
+    return [{"implementation": name, "seconds": best[name], "gflop_per_s": flops / best[name] / 1e9,
+             "speedup_vs_theirs": best["theirs (Matcher)"] / best[name],
+             "max_abs_out_diff": float((out - ref_out).abs().max()), "max_abs_out": float(ref_out.abs().max()),
+             "max_abs_usage_diff": float((usage - ref_usage).abs().max()),
+             "max_abs_out_diff_float64": float((out - exact).abs().max()),
+             "entries_read": int((ref_usage > 0).sum())}
+            for name, (out, usage) in outputs.items()]
 
 
 def default_settings(features_per_frame: int, mixed_thres: float = 0.995) -> list[Setting]:
@@ -436,7 +531,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mixed-thres", type=float, default=0.995,
                     help="merge threshold of the 'mixed' settings (near the median key similarity of a random model)")
     ap.add_argument("--variants", default=",".join(ALL_VARIANTS),
-                    help=f"our Segmenter variants to run, of {sorted(ALL_VARIANTS)} (nchw: channels_last=False; "
+                    help=f"our Segmenter variants to run, of {sorted(ALL_VARIANTS)} (nchw: channels_last=False, "
+                         f"fold_bn=False; "
                          f"bf16: precision='bf16', reported with its agreement, not held to --tol)")
     ap.add_argument("--only", default=None, help="comma-separated substrings: run only matching settings")
     ap.add_argument("--timing-repeats", type=int, default=3,
@@ -445,6 +541,18 @@ def main(argv=None) -> int:
     ap.add_argument("--self-check", action="store_true",
                     help="only run the authors' code against itself (1 thread, channels_last) and print how far "
                          "its own probabilities move")
+    ap.add_argument("--prefill", type=int, default=0, metavar="N",
+                    help="append N random features to every bank row of both implementations right after frame 0 "
+                         "(the bank of a long video, where the memory read and merge search cost most)")
+    ap.add_argument("--flops", action="store_true",
+                    help="only count the FLOPs (torch's FlopCounterMode: convolutions and matrix products) of both "
+                         "loops over the same frames, 1 and 2 objects, and print their ratio")
+    ap.add_argument("--read-bank", default=None, metavar="N[,N...]",
+                    help="only time the memory read over a full bank of N features per row (their Matcher vs our "
+                         "FeatureBank.read), at --read-size query features; e.g. 150000 (300,000 over 2 rows)")
+    ap.add_argument("--read-size", default="30x54", help="HxW of the query features for --read-bank "
+                    "(30x54: a 480x864 frame at 1/16)")
+    ap.add_argument("--read-rows", type=int, default=2, help="bank rows (objects + background) for --read-bank")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -477,6 +585,43 @@ def main(argv=None) -> int:
               f"{keys['strict_load_ok']} (missing {keys['missing_in_checkpoint']}, unexpected "
               f"{keys['unexpected_in_checkpoint']}, shape mismatches {keys['shape_mismatch']})")
 
+        if args.flops:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            print(f"FLOPs of each whole loop over {args.frames} frames (memorise frames 0..n-2, segment 1..n-1), "
+                  f"default merge setting, counted by FlopCounterMode (convolutions and matrix products, "
+                  f"2 per multiply-add)\n")
+            print("| objects | size | theirs GFLOP | ours GFLOP | theirs / ours |")
+            print("|---|---|---|---|---|")
+            for objects in (1, 2):
+                layout = make_davis_layout(tmp / f"flops_{objects}", args.data, args.seq, args.frames, size,
+                                           objects == 2)
+                frames, mask = load_frames_like_reference(layout, args.seq)
+                counted = {}
+                for name, fn in (("theirs", lambda: run_reference(ref, ref_model, layout, 300_000, 0.95, 0.1)),
+                                 ("ours", lambda: run_ours(next(iter(ours.values())), frames, mask, 300_000, 0.95,
+                                                           0.1))):
+                    with FlopCounterMode(display=False) as fc:
+                        fn()
+                    counted[name] = fc.get_total_flops() / 1e9
+                h, w = frames[0].shape[:2]
+                print(f"| {objects} | {w}x{h} | {counted['theirs']:.1f} | {counted['ours']:.1f} | "
+                      f"{counted['theirs'] / counted['ours']:.3f} |", flush=True)
+            return 0
+        if args.read_bank:
+            qh, qw = (int(v) for v in args.read_size.lower().split("x"))
+            print(f"memory read only: {args.read_rows} rows, query {qh}x{qw} features, keydim 128, valdim 512; "
+                  f"best of {args.timing_repeats} alternating runs; differences against theirs\n")
+            print("| bank per row | implementation | seconds | GFLOP/s | speed-up vs theirs | max abs readout diff "
+                  "(max abs readout) | max abs readout diff to a float64 read | max abs usage diff | entries read |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for n in (int(x) for x in args.read_bank.split(",")):
+                for r in compare_full_bank_read(ref, n, args.read_rows, (qh, qw), max(1, args.timing_repeats)):
+                    print(f"| {n} | {r['implementation']} | {r['seconds']:.3f} | {r['gflop_per_s']:.0f} | "
+                          f"{r['speedup_vs_theirs']:.2f} | {_fmt(r['max_abs_out_diff'])} ({r['max_abs_out']:.3g}) | "
+                          f"{_fmt(r['max_abs_out_diff_float64'])} | "
+                          f"{_fmt(r['max_abs_usage_diff'])} | {r['entries_read']} |", flush=True)
+            return 0
         if args.self_check:
             layout = make_davis_layout(tmp / "davis_self", args.data, args.seq, args.frames, size)
             print("\n".join(reference_self_check(ref, ref_model, layout, args.threads)))
@@ -488,7 +633,8 @@ def main(argv=None) -> int:
         per_frame = -(-h // 16) * -(-w // 16)
         described = ", ".join(f"{v} {ALL_VARIANTS[v] or '(Segmenter defaults)'}" for v in variants)
         print(f"sequence {args.seq}: {args.frames} frames {w}x{h} (padded {-(-w // 16) * 16}x{-(-h // 16) * 16}, "
-              f"{per_frame} features per frame and object); CPU threads {torch.get_num_threads()}; "
+              f"{per_frame} features per frame and object); bank pre-filled with "
+              f"{args.prefill} random features per row; CPU threads {torch.get_num_threads()}; "
               f"torch {torch.__version__}; ours: {described}",
               flush=True)
 
@@ -501,10 +647,12 @@ def main(argv=None) -> int:
         for s in default_settings(per_frame, args.mixed_thres):
             if args.only and not any(p in s.name for p in args.only.split(",")):
                 continue
+            pf = prefill_features(s.objects + 1, args.prefill) if args.prefill else None
             theirs = run_reference(ref, ref_model, layouts[s.objects], s.budget_theirs, s.merge_thres,
-                                   s.update_rate, device)
+                                   s.update_rate, device, pf)
             for v in variants:
-                c = compare(ref, ref_model, ours[v], layouts[s.objects], args.seq, s, args.tol, device, v, theirs)
+                c = compare(ref, ref_model, ours[v], layouts[s.objects], args.seq, s, args.tol, device, v, theirs,
+                            pf)
                 rows.append(c)
                 print(f"  {s.name} [{v}]: max abs dp {c.max_abs_prob_diff:.3g}, bank ours {c.final_sizes_ours} "
                       f"theirs {c.final_sizes_theirs}, {c.fps_ours:.3f} vs {c.fps_theirs:.3f} fps", flush=True)
@@ -515,12 +663,15 @@ def main(argv=None) -> int:
             s = Setting("timing")
             times = {"theirs": []} | {v: [] for v in variants}
             steps = {k: [] for k in times}
+            pf = prefill_features(2, args.prefill) if args.prefill else None
             for _ in range(args.timing_repeats):
-                r = run_reference(ref, ref_model, layouts[1], s.budget_theirs, s.merge_thres, s.update_rate, device)
+                r = run_reference(ref, ref_model, layouts[1], s.budget_theirs, s.merge_thres, s.update_rate, device,
+                                  pf)
                 times["theirs"].append(r.seconds)
                 steps["theirs"] += r.frame_seconds
                 for v in variants:
-                    r = run_ours(ours[v], frames, mask, s.budget_ours, s.merge_thres, s.update_rate, **ALL_VARIANTS[v])
+                    r = run_ours(ours[v], frames, mask, s.budget_ours, s.merge_thres, s.update_rate, pf,
+                                 **ALL_VARIANTS[v])
                     times[v].append(r.seconds)
                     steps[v] += r.frame_seconds
             timing = {k: len(frames) / min(t) for k, t in times.items()}
@@ -539,7 +690,7 @@ def main(argv=None) -> int:
         print("|---|---|---|---|---|---|---|")
         for k, fps in timing.items():
             name = "authors' eval loop (fp32, NCHW)" if k == "theirs" else \
-                f"ours: {k} ({', '.join(f'{a}={b}' for a, b in ALL_VARIANTS[k].items()) or 'fp32, channels_last'})"
+                f"ours: {k} ({', '.join(f'{a}={b}' for a, b in ALL_VARIANTS[k].items()) or 'fp32, channels_last, folded BN'})"
             a = agree.get(k)
             med = timing_median[k]
             print(f"| {name} | {fps:.3f} | {fps / timing['theirs']:.2f} | {med:.3f} | "
