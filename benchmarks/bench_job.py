@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -82,6 +84,38 @@ def job(ckpt: str, manifest: Path, out: Path, actors: int, size, encode_inline: 
     return wall, sum(r["frames"] for r in v), sum(r["seconds"] for r in v)
 
 
+def encode_cost(h: int, w: int, objects: int, frames: int = 50) -> float:
+    """Seconds per frame of what the job's encode thread does (``VideoCommit.add``: COCO RLE per
+    object, the U-map PNG, row buffers, Parquet row groups as they fill) for synthetic H×W results."""
+    import torch
+
+    from jobs.commit import Layout, VideoCommit
+    from jobs.storage import Storage
+    from vos_core.model.decoder import uncertainty_map
+    from vos_core.segmenter import FrameResult
+    from vos_core.stats import compute_stats
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(objects + 1, h // 8, w // 8, generator=g) * 4, 0)
+    probs = torch.nn.functional.interpolate(probs[None], size=(h, w), mode="bilinear")[0]  # blobby masks
+    labels = probs.max(0).indices
+    u = uncertainty_map(probs, dim=0)[0]
+    ids = list(range(objects + 1))
+    stats = compute_stats(probs, labels, u, ids, [1000] * len(ids), [0] * len(ids))
+    result = FrameResult(index=0, object_ids=ids, mask=labels.numpy().astype(np.uint8), probs=None,
+                         uncertainty=u.numpy(), stats=stats, annotated=False)
+    with tempfile.TemporaryDirectory() as out:
+        vc = VideoCommit(Layout(out, Storage()), "encode-cost", "bench")
+        vc.begin()
+        t0 = time.perf_counter()
+        for t in range(frames):
+            result.index = t
+            vc.add(result, f"{t:05d}.jpg")
+        seconds = (time.perf_counter() - t0) / frames
+        vc.abort()
+    return seconds
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="default: the shipped weights, else a random compact model "
@@ -89,9 +123,21 @@ def main(argv=None) -> int:
     p.add_argument("--copies", type=int, default=2, help="times the 3 sample videos are listed (default 2)")
     p.add_argument("--size", type=int, default=None, help="working resolution (default: input size, 180)")
     p.add_argument("--actors", default="1,2")
+    p.add_argument("--encode-cost", default=None, metavar="HxW[,HxW...]",
+                   help="only time the per-frame encoding (VideoCommit.add) of synthetic 1- and 3-object results "
+                        "at these sizes, and exit")
     p.add_argument("--no-inline-ab", action="store_true",
                    help="skip the A/B run of 1 actor with results encoded on the model's thread (--encode-inline)")
     args = p.parse_args(argv)
+    if args.encode_cost:
+        print("per-frame encoding on one thread (COCO RLE per object, U-map PNG, row buffers, Parquet row groups)")
+        print("| size (HxW) | objects | ms per frame |")
+        print("| --- | --- | --- |")
+        for size in args.encode_cost.split(","):
+            h, w = (int(v) for v in size.lower().split("x"))
+            for k in (1, 3):
+                print(f"| {h}x{w} | {k} | {1000 * encode_cost(h, w, k):.1f} |", flush=True)
+        return 0
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from jobs.pseudo_label import DEFAULT_CHECKPOINT
 

@@ -372,7 +372,7 @@ def main(argv=None) -> int:
 
     cuda = device.startswith("cuda")
     if "speed" in tables:
-        print("(1) speed: Segmenter defaults (budget 300000, merge 0.95, fp32, channels_last), synthetic video")
+        print("(1) speed: Segmenter defaults (budget 300000, merge 0.95, fp32, channels_last, folded batch norm), synthetic video")
         print(speed_table([(c, r) for c, r in results if c["table"] == "speed"], cuda) + "\n")
     if "memory" in tables:
         own = [c for c, _ in results if c["table"] == "memory"]

@@ -159,7 +159,7 @@ def process_video(task: VideoTask, segmenter, config: JobConfig, device: str = "
             # Frames are decoded ahead on one thread and each result is encoded (RLE, PNG,
             # row buffers) on another, so the model's thread only runs the model.
             encode_depth = config.prefetch_depth if config.encode_thread else 0
-            with InOrderWorker(vc.add, depth=encode_depth, name=f"encode-{task.video_id}") as encoder:
+            with InOrderWorker(vc.add, depth=encode_depth, name="vos-encode") as encoder:
                 for r in segmenter.run(prefetch(frames, depth=config.prefetch_depth), ann):
                     encoder.submit(r, frames.name(r.index))
                     if live is not None and time.monotonic() - last_report > _REPORT_EVERY_S:
