@@ -74,8 +74,9 @@ class Segmenter:
                  fold_bn: bool = True):
         """size: process at this shorter side (None: input size); results come back at the input size.
         resize_annotations: resize an annotation whose size differs from its frame (nearest) instead of
-        refusing it. precision: "fp32" (exact), or "bf16"/"fp16" autocast for the network (the feature
-        bank stays fp32); see BENCHMARKS.md for speed and agreement. channels_last: NHWC convolutions
+        refusing it. precision: "fp32" (exact), or "bf16"/"fp16" autocast (the feature bank is stored
+        in fp32, but its products, the read and the merge search, run in the low precision too, which is
+        most of the speed-up with a large bank); see BENCHMARKS.md for speed and agreement. channels_last: NHWC convolutions
         (faster with oneDNN and cuDNN, same results). fold_bn: run a copy of the model with batch norm
         folded into the convolutions (same function, float rounding aside; the model passed in is left as
         it is; skipped for a model in training mode)."""
