@@ -292,11 +292,13 @@ class _PrefilledSegmenter(Segmenter):
         return bank
 
 
-def prefill_features(rows: int, n: int, keydim: int = 128, valdim: int = 512, seed: int = 0) -> tuple[list, list]:
+def prefill_features(rows: int, n: int, keydim: int = 128, valdim: int = 512, seed: int = 0,
+                     generator: torch.Generator | None = None) -> tuple[list, list]:
     """Random keys and values (n per row) to pre-fill both banks with: a full bank's read and
     merge-search cost without the hour of frames it takes to fill one on a CPU. Random 128-d keys are
-    nowhere near 0.95 cosine-similar to real ones, so they change no merge decision."""
-    g = torch.Generator().manual_seed(seed)
+    nowhere near 0.95 cosine-similar to real ones, so they change no merge decision. ``generator``
+    (instead of ``seed``): draw from it, so the caller can go on drawing from the same stream."""
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     return ([torch.randn(keydim, n, generator=g) * 2 for _ in range(rows)],
             [torch.randn(valdim, n, generator=g) for _ in range(rows)])
 
@@ -421,8 +423,7 @@ def compare_full_bank_read(ref, bank_per_row: int, rows: int, query_hw: tuple[in
 
     g = torch.Generator().manual_seed(seed)
     hw = query_hw[0] * query_hw[1]
-    keys = [torch.randn(keydim, bank_per_row, generator=g) * 2 for _ in range(rows)]
-    values = [torch.randn(valdim, bank_per_row, generator=g) for _ in range(rows)]
+    keys, values = prefill_features(rows, bank_per_row, keydim, valdim, generator=g)
     q_key = torch.randn(1, keydim, hw, generator=g) * 2
     q_val = torch.randn(1, valdim, hw, generator=g)
 

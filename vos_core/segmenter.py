@@ -76,8 +76,8 @@ class Segmenter:
         resize_annotations: resize an annotation whose size differs from its frame (nearest) instead of
         refusing it. precision: "fp32" (exact), or "bf16"/"fp16" autocast (the feature bank is stored
         in fp32, but its products, the read and the merge search, run in the low precision too, which is
-        most of the speed-up with a large bank); see BENCHMARKS.md for speed and agreement. channels_last: NHWC convolutions
-        (faster with oneDNN and cuDNN, same results). fold_bn: run a copy of the model with batch norm
+        most of the speed-up with a large bank); see BENCHMARKS.md for speed and agreement.
+        channels_last: NHWC convolutions (faster with oneDNN and cuDNN, same results). fold_bn: run a copy of the model with batch norm
         folded into the convolutions (same function, float rounding aside; the model passed in is left as
         it is; skipped for a model in training mode)."""
         if precision not in _AUTOCAST:

@@ -19,15 +19,14 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .trunk import BasicBlock, Bottleneck
 
 
-def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Returns ``model`` (a copy unless ``inplace``) with each residual block's
-    conv/BN pairs, and its downsample's, folded into one convolution. The model
-    must be in eval mode (its BN statistics are frozen into the weights). The result's
-    state dict no longer has the folded BN keys: keep the original for saving."""
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Returns a copy of ``model`` with each residual block's conv/BN pairs, and its
+    downsample's, folded into one convolution. The model must be in eval mode (its BN
+    statistics are frozen into the weights). The copy's state dict no longer has the
+    folded BN keys: keep the original for saving."""
     if model.training:
         raise ValueError("fold_batchnorm needs a model in eval mode (call .eval() first)")
-    if not inplace:
-        model = copy.deepcopy(model)
+    model = copy.deepcopy(model)
     for block in model.modules():
         if not isinstance(block, (BasicBlock, Bottleneck)):
             continue
