@@ -92,8 +92,8 @@ def encode_cost(h: int, w: int, objects: int, frames: int = 50) -> float:
     from jobs.commit import Layout, VideoCommit
     from jobs.storage import Storage
     from vos_core.model.decoder import uncertainty_map
-    from vos_core.segmenter import FrameResult
-    from vos_core.stats import compute_stats
+    from vos_core.inference.segmenter import FrameResult
+    from vos_core.inference.stats import compute_stats
 
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(objects + 1, h // 8, w // 8, generator=g) * 4, 0)

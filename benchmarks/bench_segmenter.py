@@ -109,7 +109,7 @@ def make_stm_segmenter(every: int):
     import torch
 
     from vos_core import FeatureBank, Segmenter
-    from vos_core.feature_bank import ObjectMemory
+    from vos_core.inference.feature_bank import ObjectMemory
 
     unbounded = 1 << 62
 

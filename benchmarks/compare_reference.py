@@ -419,7 +419,7 @@ def compare_full_bank_read(ref, bank_per_row: int, rows: int, query_hw: tuple[in
     random keys, values and query. Returns
     one dict per implementation: best seconds of ``repeats`` and the max output/usage difference
     to theirs."""
-    from vos_core.feature_bank import FeatureBank, ObjectMemory
+    from vos_core.inference.feature_bank import FeatureBank, ObjectMemory
 
     g = torch.Generator().manual_seed(seed)
     hw = query_hw[0] * query_hw[1]

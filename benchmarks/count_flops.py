@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from vos_core.feature_bank import FeatureBank, ObjectMemory  # noqa: E402
+from vos_core.inference.feature_bank import FeatureBank, ObjectMemory  # noqa: E402
 from vos_core.model import AFBURR, CONFIGS  # noqa: E402
 
 DEVICE = torch.device("meta")

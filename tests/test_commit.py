@@ -13,8 +13,8 @@ from jobs import commit as cm
 from jobs import storage as st
 from jobs.query import connect
 from job_helpers import assert_exactly_once, make_bucket, moto_s3, read_table, s3fs_for  # noqa: F401
-from vos_core.segmenter import FrameResult
-from vos_core.stats import compute_stats
+from vos_core.inference.segmenter import FrameResult
+from vos_core.inference.stats import compute_stats
 
 UNSAFE = ["../x", "a/b", "", "..", ".", "/abs", "x" * 10_000, "é/../\n\x01", "shard=01", "a b", "a-b", "a_b"]
 

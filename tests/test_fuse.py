@@ -5,6 +5,7 @@ from torch import nn
 
 from vos_core import Segmenter
 from vos_core.model import AFBURR, COMPACT, OFFICIAL
+from vos_core.model.config import COMPACT_RESNET18
 from vos_core.model.fuse import fold_batchnorm
 
 
@@ -20,7 +21,8 @@ def _with_real_bn_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("config", [COMPACT, OFFICIAL], ids=["compact", "official"])
+@pytest.mark.parametrize("config", [COMPACT, COMPACT_RESNET18, OFFICIAL],
+                         ids=["compact", "compact-resnet18", "official"])
 def test_folded_encoders_compute_the_same_features(config):
     torch.manual_seed(0)
     model = _with_real_bn_statistics(AFBURR(config))
@@ -30,7 +32,7 @@ def test_folded_encoders_compute_the_same_features(config):
     assert n_bn_left == 2  # only the two stems' bn1 stay
     assert n_bn > 10
     x = torch.rand(1, 3, 64, 96)
-    masks = torch.rand(2, 64, 96)
+    masks = torch.rand(1, 2, 64, 96)
     with torch.inference_mode():
         a, b = model.encode_query(x), folded.encode_query(x)
         for name in ("key", "value", "r3", "r2", "r1"):
@@ -55,7 +57,9 @@ def test_segmenter_folds_a_copy_and_gives_the_unfolded_masks():
     import numpy as np
 
     torch.manual_seed(1)
-    model = _with_real_bn_statistics(AFBURR(COMPACT))
+    # A random ResNet model gives decided probabilities (a random EfficientNet one sits near 0.5, where
+    # float rounding alone flips the argmax); the folding of both trunks is checked feature by feature above.
+    model = _with_real_bn_statistics(AFBURR(COMPACT_RESNET18))
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(4)]
     ann = np.zeros((64, 96), np.uint8)
@@ -66,4 +70,6 @@ def test_segmenter_folds_a_copy_and_gives_the_unfolded_masks():
     assert seg.model is not model and sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 2
     for a, b in zip(plain, folded):
         assert np.abs(a.probs - b.probs).max() < 1e-3
-        assert (a.mask == b.mask).mean() > 0.999
+        # Where the two probabilities are not a tie (a random model leaves many near 0.5), the masks agree.
+        clear = np.abs(a.probs[1] - a.probs[0]) > 1e-3
+        assert clear.sum() > 100 and (a.mask == b.mask)[clear].all()

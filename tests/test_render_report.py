@@ -281,8 +281,8 @@ def test_u_map_column_and_heatmap(u_output, tmp_path):
 def test_frames_rows_without_a_u_map_store_null(tmp_path):
     """A segmenter that keeps no U map (keep_probs=False) gives null, not an error."""
     import torch
-    from vos_core.segmenter import FrameResult
-    from vos_core.stats import compute_stats
+    from vos_core.inference.segmenter import FrameResult
+    from vos_core.inference.stats import compute_stats
 
     probs = torch.softmax(torch.randn(2, 12, 20, generator=torch.Generator().manual_seed(0)), 0)
     labels = probs.argmax(0)

@@ -5,7 +5,7 @@ import torch
 
 from vos_core import AnnotationError, Segmenter, VOSInputError
 from vos_core.model import AFBURR, COMPACT
-from vos_core.segmenter import pad_to_multiple, unpad
+from vos_core.inference.preprocess import pad_to_multiple, unpad
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +67,16 @@ def test_objects_appearing_later_get_a_bank_without_wiping_others(model):
     a3 = np.zeros((60, 90), np.uint8)
     a3[35:55, 60:85] = 5  # a new object at frame 3; only it is annotated there
     seg = Segmenter(model, budget=10_000)
-    results = list(seg.run(frames_of(6), {0: a0, 3: a3}))
+    session = seg.start()
+    results = list(seg.run(frames_of(6), {0: a0, 3: a3}, session=session))
     assert [r.object_ids for r in results] == [[0, 1]] * 3 + [[0, 1, 5]] * 3
     r3 = results[3]
     assert (r3.mask[a3 == 5] == 5).all(), "the new object's annotation is applied where given"
     assert r3.annotated
-    sizes = seg.bank.sizes()
+    sizes = session.memory.sizes()
     assert len(sizes) == 3
     # background and object 1 kept memories from frames 0..4; object 5 only since frame 3
-    added_first = [float(o.added.min()) for o in seg.bank.objects]
+    added_first = [float(o.added.min()) for o in session.memory.objects]
     assert added_first[0] == 0.0 and added_first[1] == 0.0 and added_first[2] == 3.0
 
 
@@ -113,8 +114,9 @@ def test_memory_is_bounded_by_the_budget(model):
     ann = np.zeros((64, 96), np.uint8)
     ann[10:40, 10:40] = 1
     seg = Segmenter(model, budget=100, merge_thres=1.01)  # never merge: every frame appends
-    for r in seg.run(frames_of(12, 64, 96), {0: ann}):
+    session = seg.start()
+    for r in seg.run(frames_of(12, 64, 96), {0: ann}, session=session):
         pass
-    assert all(n <= 50 for n in seg.bank.sizes())
-    assert sum(o.evicted_total for o in seg.bank.objects) > 0
-    assert r.stats.objects[0].bank_size == seg.bank.sizes()[0]
+    assert all(n <= 50 for n in session.memory.sizes())
+    assert sum(session.memory.evicted()) > 0
+    assert r.stats.objects[0].bank_size == session.memory.sizes()[0]

@@ -1,10 +1,10 @@
-"""vos_core.stats: the per-object statistics against direct definitions."""
+"""vos_core.inference.stats: the per-object statistics against direct definitions."""
 import numpy as np
 import pytest
 import torch
 
 from vos_core.model.decoder import uncertainty_map
-from vos_core.stats import BAND_MIN_PROB, compute_stats, quantile
+from vos_core.inference.stats import BAND_MIN_PROB, compute_stats, quantile
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 20, 37, 1000, 25_621])

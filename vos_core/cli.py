@@ -62,7 +62,7 @@ def cmd_segment(args) -> int:
 
     from .io import load_annotations, open_frames, prefetch, write_palette_png
     from .model import load_model
-    from .segmenter import Segmenter
+    from .inference import Segmenter
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     frames = open_frames(args.frames)

@@ -92,9 +92,20 @@ def load_model(
     if wrong:
         raise CheckpointError(f"{uri}: tensor shapes do not match: {_listing(wrong)}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
-    model.checkpoint_uri = str(uri)
-    model.checkpoint_meta = meta
+    model.working_size = _working_size(meta, uri)
     return model.to(device).eval()
+
+
+def _working_size(meta: dict, uri) -> int | None:
+    """The shorter side the weights were trained for (``working_size`` in our checkpoints), if recorded."""
+    size = meta.get("working_size")
+    if size is None:
+        return None
+    if isinstance(size, torch.Tensor) and size.numel() == 1:
+        size = size.item()
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise CheckpointError(f"{uri}: working_size must be a positive integer, got {size!r}")
+    return size
 
 
 def save_checkpoint(model: AFBURR, uri: str | os.PathLike, *, epoch: int = 0, loss: float = 0.0, seed: int = 0,

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .rows import per_frame, per_frame_sum
+
 
 def uncertainty_map(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """U = exp(1 - top1/(top2 + 1e-8)) over the object axis ``dim``.
@@ -39,35 +41,38 @@ class Refine(nn.Module):
         self.ResMM = ResBlock(planes)
 
     def forward(self, skip, coarse):
-        # ``skip`` comes from the query frame and is the same for every object:
-        # it is passed once (batch 1) and broadcast, so convFS/ResFS run once per
-        # frame instead of once per object. Same arithmetic as per-object runs.
+        # ``skip`` comes from the query frame and is the same for every object of that frame:
+        # it is passed once per frame (B rows against B·K for ``coarse``) and broadcast, so
+        # convFS/ResFS run once per frame instead of once per object. Same arithmetic as per-object runs.
         s = self.ResFS(self.convFS(skip))
-        return self.ResMM(s + F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False))
+        up = F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.ResMM(per_frame_sum(s, up))
 
 
 class Decoder(nn.Module):
     LOCAL = 7  # URR neighbourhood
 
-    def __init__(self, valdim: int, res3_ch: int, res2_ch: int, mdim_global: int = 256, mdim_local: int = 32):
+    def __init__(self, valdim: int, res3_ch: int, res2_ch: int, mdim_global: int = 256, mdim_local: int = 32,
+                 r1_ch: int = 64):
         super().__init__()
         self.convFM = nn.Conv2d(2 * valdim, mdim_global, 3, 1, 1)
         self.ResMM = ResBlock(mdim_global)
         self.RF3 = Refine(res3_ch, mdim_global)
         self.RF2 = Refine(res2_ch, mdim_global)
         self.pred2 = nn.Conv2d(mdim_global, 2, 3, 1, 1)
-        # URR local branch on the stem features r1 (64 ch) and their local mask-weighted mean.
-        self.local_convFM = nn.Conv2d(128, mdim_local, 3, 1, 1)
+        # URR local branch on the stem features r1 and their local mask-weighted mean.
+        self.local_convFM = nn.Conv2d(2 * r1_ch, mdim_local, 3, 1, 1)
         self.local_ResMM = ResBlock(mdim_local)
         self.local_pred2 = nn.Conv2d(mdim_local, 2, 3, 1, 1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, readout, r3, r2, r1, num_objects: int):
-        """readout: K×2valdim×h16×w16 (one row per object of one frame); r3, r2,
-        r1: the query frame's features, batch 1 (broadcast over objects).
-        Returns per-object foreground probabilities K×H×W at the input resolution."""
+    def forward(self, readout, r3, r2, r1, num_objects: int, logits: bool = False):
+        """readout: (B·K)×2valdim×h16×w16, the K objects of each of B frames as consecutive rows; r3, r2,
+        r1: the B query frames' features (broadcast over their objects).
+        Returns per-object foreground probabilities (B·K)×H×W at the input resolution, or with ``logits``
+        their log-odds log(p / (1 - p)) (what training aggregates: exact where p saturates in float)."""
         p = self.ResMM(self.convFM(readout))
         p = self.RF3(r3, p)
         p = self.RF2(r2, p)
@@ -84,13 +89,16 @@ class Decoder(nn.Module):
         pad = self.LOCAL // 2
         # Mean of r1 over the object's 7x7 neighbourhood, weighted by its rough mask.
         # (AvgPool counts padded zeros, as the official nn.AvgPool2d does.)
-        num = F.avg_pool2d(r1 * rough, self.LOCAL, 1, pad)
+        r1_rows = per_frame(r1, k)
+        num = F.avg_pool2d(r1_rows * rough, self.LOCAL, 1, pad)
         den = F.avg_pool2d(rough, self.LOCAL, 1, pad)
         r1_local = num / (den + 1e-8)
         conf = F.max_pool2d(rough, self.LOCAL, 1, pad)
-        q = self.local_ResMM(self.local_convFM(torch.cat([r1.expand(bk, -1, -1, -1), r1_local], dim=1)))
+        q = self.local_ResMM(self.local_convFM(torch.cat([r1_rows, r1_local], dim=1)))
         q = conf * self.local_pred2(F.relu(q))
 
         p = p + u * q
         p = F.interpolate(p, scale_factor=2, mode="bilinear", align_corners=False)
+        if logits:
+            return p[:, 1] - p[:, 0]  # log-odds of the 2-way softmax below
         return F.softmax(p, dim=1)[:, 1]

@@ -1,11 +1,13 @@
-"""The AFB-URR network: memory encoder, query encoder, key/value, decoder.
+"""The AFB-URR network: memory encoder, query encoder, key/value projection, memory read, decoder.
 
-The memory read itself lives with the feature bank (it updates read counts as
-it reads); this module only turns frames into keys/values and a readout into
-per-object probabilities. All objects of a frame go through the memory
-encoder and the decoder as one batch.
+Every method takes a batch of B frames (B clips in training, B = 1 for one video at inference) with K
+objects each, so training and inference run the same code. The feature bank (``vos_core.inference.feature_bank``)
+keeps the memory at inference and reads it with the same attention as :meth:`AFBURR.read`, in blocks and
+counting reads as it goes; training reads a plain list of memorised frames with :meth:`AFBURR.read`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,17 +15,20 @@ from torch import nn
 
 from .config import ModelConfig
 from .decoder import Decoder
-from .encoders import KeyValue, MemoryEncoder, QueryEncoder
-from .trunk import trunk_channels
+from .encoders import KeyValue, encoder_channels, make_encoders
+from .memory_read import memory_read
 
 
+@dataclass
 class QueryFeatures:
-    """What the query encoder gives the decoder for one frame."""
+    """What the query encoder gives the read and the decoder for B frames."""
 
-    __slots__ = ("key", "value", "r3", "r2", "r1", "shape16")
-
-    def __init__(self, key, value, r3, r2, r1, shape16):
-        self.key, self.value, self.r3, self.r2, self.r1, self.shape16 = key, value, r3, r2, r1, shape16
+    key: torch.Tensor  # B×keydim×N (N = h16·w16)
+    value: torch.Tensor  # B×valdim×N
+    r3: torch.Tensor  # B×C3×H/8×W/8
+    r2: torch.Tensor  # B×C2×H/4×W/4
+    r1: torch.Tensor  # B×C1×H/2×W/2
+    shape16: tuple[int, int]
 
 
 class AFBURR(nn.Module):
@@ -31,33 +36,55 @@ class AFBURR(nn.Module):
         super().__init__()
         self.config = config or ModelConfig()
         c = self.config
-        _, res3_ch, res4_ch = trunk_channels(c.trunk)
-        res2_ch = trunk_channels(c.trunk)[0]
-        self.encoder_m = MemoryEncoder(c.trunk)
-        self.encoder_q = QueryEncoder(c.trunk)
+        r1_ch, res2_ch, res3_ch, res4_ch = encoder_channels(c.trunk)
+        self.encoder_m, self.encoder_q = make_encoders(c.trunk)
         self.keyval_r4 = KeyValue(res4_ch, c.keydim, c.valdim)
-        self.decoder = Decoder(c.valdim, res3_ch, res2_ch, c.mdim_global, c.mdim_local)
+        self.decoder = Decoder(c.valdim, res3_ch, res2_ch, c.mdim_global, c.mdim_local, r1_ch)
+        #: Keep the trunks' batch-norm statistics (and affine parameters' running state) frozen in
+        #: training mode: what a pretrained trunk trained with small batches needs.
+        self.freeze_trunk_bn = False
+        #: The shorter side the weights were trained for (set by ``load_model`` from the checkpoint's
+        #: ``working_size``): the Segmenter's default working size. None: the input size.
+        self.working_size: int | None = None
 
-    def encode_memory(self, frame: torch.Tensor, masks: torch.Tensor):
-        """frame: 1×3×H×W (padded to /16); masks: K×H×W soft masks, background
-        first. Returns keys K×keydim×N and values K×valdim×N."""
-        m = masks.unsqueeze(1).to(frame.dtype)
-        r4, _ = self.encoder_m(frame, m, (1 - m).clamp(0, 1))
-        return self.keyval_r4(r4)
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.freeze_trunk_bn:
+            for enc in (self.encoder_m, self.encoder_q):
+                for m in enc.modules():
+                    if isinstance(m, nn.BatchNorm2d):
+                        m.eval()
+        return self
 
-    def encode_query(self, frame: torch.Tensor) -> QueryFeatures:
-        """frame: 1×3×H×W (padded to /16)."""
-        r4, r3, r2, r1 = self.encoder_q(frame)
+    def encode_memory(self, frames: torch.Tensor, masks: torch.Tensor):
+        """frames: B×3×H×W (padded to /16); masks: B×K×H×W soft masks, background first.
+        Returns keys B×K×keydim×N and values B×K×valdim×N."""
+        b, k = masks.shape[:2]
+        m = masks.reshape(b * k, 1, *masks.shape[2:]).to(frames.dtype)
+        r4, _ = self.encoder_m(frames, m, (1 - m).clamp(0, 1))
+        keys, values = self.keyval_r4(r4)
+        return keys.view(b, k, *keys.shape[1:]), values.view(b, k, *values.shape[1:])
+
+    def encode_query(self, frames: torch.Tensor) -> QueryFeatures:
+        """frames: B×3×H×W (padded to /16)."""
+        r4, r3, r2, r1 = self.encoder_q(frames)
         key, value = self.keyval_r4(r4)
-        return QueryFeatures(key[0], value[0], r3, r2, r1, r4.shape[-2:])
+        return QueryFeatures(key, value, r3, r2, r1, tuple(r4.shape[-2:]))
 
-    def decode(self, readout: torch.Tensor, q: QueryFeatures) -> torch.Tensor:
-        """readout: K×valdim×N memory read per object. Returns K×H×W
-        per-object foreground probabilities (before soft aggregation)."""
-        k = readout.shape[0]
+    @staticmethod
+    def read(query_key: torch.Tensor, mem_keys: torch.Tensor, mem_values: torch.Tensor) -> torch.Tensor:
+        """Dense memory read. query_key: B×keydim×N; mem_keys: B×K×keydim×M; mem_values: B×K×valdim×M.
+        Returns B×K×valdim×N."""
+        return memory_read(query_key.unsqueeze(1), mem_keys, mem_values)
+
+    def decode(self, readout: torch.Tensor, q: QueryFeatures, logits: bool = False) -> torch.Tensor:
+        """readout: B×K×valdim×N memory read per object. Returns B×K×H×W per-object foreground
+        probabilities (before soft aggregation), or with ``logits`` their log-odds (training)."""
+        b, k = readout.shape[:2]
         h, w = q.shape16
-        x = torch.cat([readout, q.value.unsqueeze(0).expand(k, -1, -1)], dim=1).view(k, -1, h, w)
-        return self.decoder(x, q.r3, q.r2, q.r1, k)
+        x = torch.cat([readout, q.value.unsqueeze(1).expand(-1, k, -1, -1)], dim=2).view(b * k, -1, h, w)
+        fg = self.decoder(x, q.r3, q.r2, q.r1, k, logits=logits)
+        return fg.view(b, k, *fg.shape[1:])
 
 
 def soft_aggregate(fg: torch.Tensor, dim: int = 0) -> torch.Tensor:

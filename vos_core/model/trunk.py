@@ -61,8 +61,8 @@ TRUNKS = {
 }
 
 
-def trunk_channels(name: str) -> tuple[int, int, int]:
-    """Channels of (res2, res3, res4) for a trunk name."""
+def resnet_channels(name: str) -> tuple[int, int, int]:
+    """Channels of (res2, res3, res4) for a ResNet trunk name."""
     block, _ = TRUNKS[name]
     return 64 * block.expansion, 128 * block.expansion, 256 * block.expansion
 

@@ -9,10 +9,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .config import DEFAULTS
+
 #: An object "competes" at a pixel when its probability reaches this.
 BAND_MIN_PROB = 0.1
-#: Default U above which a pixel counts as uncertain.
-UNCERTAIN_U = 0.5
 
 
 def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -60,7 +60,7 @@ class FrameStats:
 
 
 def compute_stats(probs: torch.Tensor, labels: torch.Tensor, u: torch.Tensor, object_ids: list[int],
-                  bank_sizes: list[int], bank_evicted: list[int], u_threshold: float = UNCERTAIN_U) -> FrameStats:
+                  bank_sizes: list[int], bank_evicted: list[int], u_threshold: float = DEFAULTS.u_threshold) -> FrameStats:
     """probs: K×H×W; labels: H×W index into object_ids; u: H×W."""
     k, h, w = probs.shape
     onehot = labels.unsqueeze(0) == torch.arange(k, device=labels.device).view(k, 1, 1)

@@ -20,26 +20,16 @@ Storage is preallocated and grown in chunks, not concatenated every frame.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+
+from ..model.memory_read import attend, query_rows, read_values
+from .config import DEFAULTS, SegmenterConfig
 
 READ_THRESHOLD = 1e-3  # attention weight above which a read counts as a use
 USAGE_CLAMP = 1e5  # as the authors: keeps usage finite
 _CORR_CHUNK = 8192  # bank rows per block when matching new features
 _READ_BLOCK = 1 << 25  # attention-matrix elements per block of query pixels (128 MiB in fp32)
-
-
-@dataclass
-class BankStats:
-    size: int
-    budget: int
-    evicted_total: int
-    evicted_last: int
-    merged_last: int
-    appended_last: int
 
 
 class ObjectMemory:
@@ -53,9 +43,6 @@ class ObjectMemory:
         self.added_buf = torch.empty(capacity, device=device, dtype=torch.float32)
         self.usage_buf = torch.empty(capacity, device=device, dtype=torch.float32)
         self.evicted_total = 0
-        self.evicted_last = 0
-        self.merged_last: int | torch.Tensor = 0
-        self.appended_last = 0
 
     @property
     def keys(self) -> torch.Tensor:
@@ -121,8 +108,8 @@ class FeatureBank:
     used 300,000 for an 11 GB GPU); each object gets ``budget // num_objects``.
     """
 
-    def __init__(self, keydim: int, valdim: int, budget: int = 300_000, merge_thres: float = 0.95,
-                 update_rate: float = 0.1, device="cpu", dtype=torch.float32):
+    def __init__(self, keydim: int, valdim: int, budget: int = DEFAULTS.budget, merge_thres: float = DEFAULTS.merge_thres,
+                 update_rate: float = DEFAULTS.update_rate, device="cpu", dtype=torch.float32):
         if budget < 1:
             raise ValueError(f"budget must be a positive integer, got {budget}")
         if not 0.0 <= update_rate <= 1.0:
@@ -136,6 +123,11 @@ class FeatureBank:
         self.sync_free = self.device.type != "cpu"
         self.objects: list[ObjectMemory] = []
 
+    @classmethod
+    def from_config(cls, keydim: int, valdim: int, config: SegmenterConfig, device="cpu") -> "FeatureBank":
+        """The memory factory the Segmenter uses by default (kept in fp32 whatever the precision)."""
+        return cls(keydim, valdim, config.budget, config.merge_thres, config.update_rate, device=device)
+
     # -- shape ---------------------------------------------------------------
     @property
     def num_objects(self) -> int:
@@ -148,10 +140,9 @@ class FeatureBank:
     def sizes(self) -> list[int]:
         return [o.n for o in self.objects]
 
-    def stats(self) -> list[BankStats]:
-        b = self.object_budget
-        return [BankStats(o.n, b, o.evicted_total, o.evicted_last, int(o.merged_last), o.appended_last)
-                for o in self.objects]
+    def evicted(self) -> list[int]:
+        """Features evicted so far, per object."""
+        return [o.evicted_total for o in self.objects]
 
     # -- writing -------------------------------------------------------------
     def add_objects(self, keys: torch.Tensor, values: torch.Tensor, frame_idx: int) -> None:
@@ -163,6 +154,11 @@ class FeatureBank:
         budget = self.object_budget
         for j, mem in enumerate(self.objects[-keys.shape[0]:]):
             self._absorb_append(mem, keys[j], values[j], frame_idx, budget)
+
+    def reset(self, objects: list[int]) -> None:
+        """Empties these objects' memories (a correction restarts them); the next ``update`` refills them."""
+        for i in objects:
+            self.objects[i].n = 0
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, frame_idx: int, objects: list[int] | None = None) -> None:
         """Absorbs a memorised frame: keys K×keydim×M, values K×valdim×M, one
@@ -204,7 +200,6 @@ class FeatureBank:
         keys_n = F.normalize(keys, dim=0)
         best_val, best_idx = self._nearest(mem, keys_n)
         close = best_val > self.merge_thres
-        mem.merged_last = close.sum()  # a tensor: read lazily, no host sync here
         r = self.update_rate
         if self.sync_free:
             self._merge_dense(mem, keys_n, F.normalize(values, dim=0), close, best_idx, r)
@@ -251,10 +246,8 @@ class FeatureBank:
                 torch.empty(0, dtype=torch.long, device=keys.device)
             keys, values, m = keys[:, pick], values[:, pick], room_for_new
         overflow = mem.n + m - budget
-        mem.evicted_last = 0
         if overflow > 0:
             self._evict(mem, overflow, frame_idx)
-        mem.appended_last = m
         if m:
             mem.append(keys, values, frame_idx, limit=budget)
 
@@ -268,7 +261,6 @@ class FeatureBank:
         keep = torch.ones(mem.n, dtype=torch.bool, device=lfu.device)
         keep[order[:count]] = False
         mem.keep(keep)
-        mem.evicted_last = count
         mem.evicted_total += count
 
     # -- reading -------------------------------------------------------------
@@ -286,7 +278,7 @@ class FeatureBank:
         # block×N, so the softmax over the bank and the usage count run along
         # contiguous memory (on CPU: softmax 83 -> 46 ms, count 113 -> 65 ms for
         # 30,000 entries × 1,620 pixels, against the bank-major order).
-        query_rows = (query_key * (1.0 / math.sqrt(self.keydim))).t().contiguous()
+        rows = query_rows(query_key)
         for i, mem in enumerate(self.objects):
             if mem.n == 0:
                 continue
@@ -294,8 +286,8 @@ class FeatureBank:
             used = torch.zeros(mem.n, device=query_key.device, dtype=torch.int32) if count_usage else None
             step = max(1, _READ_BLOCK // mem.n)
             for s in range(0, hw, step):
-                attn = torch.softmax(query_rows[s: s + step] @ keys, dim=1)  # block×N
-                out[i, :, s: s + step] = values @ attn.t()
+                attn = attend(rows[s: s + step], keys)  # block×N
+                out[i, :, s: s + step] = read_values(attn, values)
                 if count_usage:
                     used += attn.gt(READ_THRESHOLD).sum(dim=0, dtype=torch.int32)
             if count_usage:

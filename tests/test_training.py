@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import ROOT, require_shared
@@ -21,43 +22,54 @@ def _tiny_davis(src: Path, dst: Path, seq: str, n: int) -> None:
 
 
 def test_training_smoke_loss_falls_and_resumes(tmp_path):
-    from jobs.train import main
+    from vos_train.__main__ import main
     from vos_core.model import load_model
 
     src = require_shared("davis16-train-240p")
     data = tmp_path / "davis"
     _tiny_davis(src, data, "bear", 3)
-    out = tmp_path / "run"
-    common = ["--stage", "2", "--data-root", str(data), "--config", "compact", "--crop", "96", "--frames", "3",
-              "--batch", "2", "--max-skip", "1", "--lr", "1e-3", "--warmup", "0", "--lr-steps", "",
-              "--val-seqs", "", "--log-every", "1", "--save-every", "100", "--seed", "0", "--threads", "2",
-              "--overfit-one-batch", "--out", str(out)]
+
+    def args(out, *more):
+        return ["--stage", "2", "--data-root", str(data), "--config", "compact", "--crop", "96", "--frames", "3",
+                "--batch", "2", "--max-skip", "1", "--lr", "3e-4", "--warmup", "4", "--iters", "16",
+                "--val-seqs", "", "--log-every", "1", "--save-every", "100", "--seed", "0", "--threads", "2",
+                "--overfit-one-batch", "--no-progress", "--out", str(out), *more]
+
+    def log(out):
+        return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+    straight, parts = tmp_path / "straight", tmp_path / "parts"
     torch.manual_seed(0)
-    assert main(common + ["--iters", "14"]) == 0
-    recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in recs if "loss" in r]
-    assert len(losses) == 14
-    assert np.isfinite(losses).all()
+    assert main(args(straight)) == 0
+    losses = [r["loss"] for r in log(straight) if "loss" in r]
+    assert len(losses) == 16 and np.isfinite(losses).all()
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
 
-    model = load_model(out / "last.pth")  # strict key and shape check
-    assert model.config.trunk == "resnet18"
-    assert (out / "best.pth").exists()
-    ck = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
-    assert ck["iteration"] == 14 and "optimizer" in ck and ck["config"]["keydim"] == 64
+    model = load_model(straight / "last.pth")  # strict key and shape check
+    assert model.config.trunk == "efficientnet_lite0" and model.working_size == 240
+    assert (straight / "best.pth").exists()
+    ck = torch.load(straight / "last.pth", map_location="cpu", weights_only=True)
+    assert ck["iteration"] == 16 and "optimizer" in ck and "scheduler" in ck and ck["config"]["keydim"] == 64
+    assert ck["freeze_trunk_bn"] is True  # an ImageNet-initialised trunk keeps its batch-norm statistics
 
-    # Resuming continues the iteration count with the saved optimizer.
-    assert main(common + ["--iters", "16", "--resume", str(out / "last.pth")]) == 0
-    ck = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    # Interrupted after 10 iterations and resumed: the iteration count and the learning-rate schedule
+    # continue where they stopped, as in the straight run.
+    assert main(args(parts, "--stop-after", "10")) == 0
+    assert torch.load(parts / "last.pth", map_location="cpu", weights_only=True)["iteration"] == 10
+    assert not (parts / "best.pth").exists()  # not finished
+    assert main(args(parts, "--resume", str(parts / "last.pth"))) == 0
+    ck = torch.load(parts / "last.pth", map_location="cpu", weights_only=True)
     assert ck["iteration"] == 16
-    recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in recs if "loss" in r][-2:] == [15, 16]
-    assert recs[-1]["loss"] < np.mean(losses[:3])
+    steps = [r for r in log(parts) if "loss" in r]
+    assert [r["iter"] for r in steps] == list(range(1, 17))
+    lrs = {r["iter"]: r["lr"] for r in log(straight) if "loss" in r}
+    assert all(r["lr"] == pytest.approx(lrs[r["iter"]]) for r in steps)
+    assert steps[-1]["loss"] < np.mean(losses[:3])
 
 
 def test_clip_forward_masks_absent_objects():
     """Padded (absent) objects get zero probability after soft aggregation."""
-    from jobs.train import clip_forward
+    from vos_train.clip import clip_forward
     from vos_core.model import AFBURR, COMPACT
 
     torch.manual_seed(0)
@@ -67,16 +79,16 @@ def test_clip_forward_masks_absent_objects():
     labels[:, :, 10:30, 10:30] = 1
     labels[0, :, 40:60, 40:60] = 2  # only sample 0 has a second object
     valid = torch.tensor([[True, True, True], [True, True, False]])
-    loss, ce, u, probs = clip_forward(model, frames, labels, valid)
-    assert torch.isfinite(loss) and len(probs) == 2
-    for p in probs:
+    out = clip_forward(model, frames, labels, valid)
+    assert torch.isfinite(out.total) and len(out.probs) == 2
+    for p in out.probs:
         assert torch.allclose(p.sum(1), torch.ones(2, 64, 64), atol=1e-5)
         assert float(p[1, 2].max()) < 1e-6
-    loss.backward()
+    out.total.backward()
 
 
 def test_bootstrapped_ce_takes_the_hardest_pixels():
-    from jobs.train import pixel_ce
+    from vos_train.loss import pixel_ce
 
     logp = torch.log(torch.tensor([[0.9, 0.6, 0.2, 0.5], [0.1, 0.4, 0.8, 0.5]])).view(1, 2, 2, 2)
     labels = torch.zeros(1, 2, 2, dtype=torch.long)  # per-pixel CE = -log p(class 0)
@@ -88,8 +100,8 @@ def test_bootstrapped_ce_takes_the_hardest_pixels():
 def test_shipped_weights_segment_val_sequence():
     from vos_core.metrics import db_eval_iou
     from vos_core.model import load_model
-    from vos_core.segmenter import Segmenter
-    from jobs.train_data import read_ids, read_rgb
+    from vos_core.inference.segmenter import Segmenter
+    from vos_train.data import read_ids, read_rgb
 
     root = require_shared("davis16-val-public")
     assert SHIPPED.exists(), "vos_core/weights/compact.pth is missing"

@@ -1,0 +1,111 @@
+"""One configuration object for inference: every setting of the Segmenter, with its default, in one place.
+
+``vos segment``, the Ray job and training's evaluation all build it from the same command-line options
+(:func:`add_arguments` / :func:`from_args`), and the job records ``asdict(config)`` in ``_run.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, fields
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    # -- memory (the adaptive feature bank) --
+    #: features over all objects, background included; each object gets budget // K (the authors used
+    #: 300,000 for an 11 GB GPU)
+    budget: int = 300_000
+    #: cosine similarity above which a new feature is merged into its nearest stored one
+    merge_thres: float = 0.95
+    #: weight of a merged new feature in the moving average
+    update_rate: float = 0.1
+    # -- input --
+    #: working resolution, shorter side in pixels; None: the checkpoint's working size (the input size when
+    #: it records none); 0: the input size. Results always come back at the input size.
+    size: int | None = None
+    #: resize an annotation whose size differs from its frame (nearest) instead of refusing it
+    resize_annotations: bool = False
+    # -- output --
+    keep_probs: bool = True  # FrameResult.probs: K×H×W probabilities
+    keep_uncertainty: bool = True  # FrameResult.uncertainty: the H×W U map
+    #: U above which a pixel counts as uncertain (frame statistic u_frac_uncertain)
+    u_threshold: float = 0.5
+    # -- runtime --
+    #: network precision: fp32 (exact), or bf16/fp16 autocast (the bank's products too)
+    precision: str = "fp32"
+    channels_last: bool = True  # NHWC convolutions (faster with oneDNN and cuDNN, same results)
+    fold_bn: bool = True  # run a copy of the model with batch norm folded into the convolutions
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise ValueError(f"{name} {why}, got {getattr(self, name)!r}")
+
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            bad("budget", "must be a positive integer")
+        if not 0.0 <= self.update_rate <= 1.0:
+            bad("update_rate", "must be in [0, 1]")
+        if not math.isfinite(self.merge_thres):
+            bad("merge_thres", "must be a finite cosine similarity (above 1: never merge)")
+        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0):
+            bad("size", "must be a positive number of pixels, 0 (input size) or None (the checkpoint's)")
+        if self.precision not in PRECISIONS:
+            bad("precision", f"must be one of {list(PRECISIONS)}")
+        if not 0.0 <= self.u_threshold <= 1.0:
+            bad("u_threshold", "must be in [0, 1]")
+
+    def replace(self, **changes) -> "SegmenterConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SegmenterConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown segmenter settings: {sorted(unknown)}")
+        return cls(**d)
+
+    def working_size_for(self, model) -> int | None:
+        """The shorter side to process at with this model (None: the input size)."""
+        if self.size is None:
+            return getattr(model, "working_size", None) or None
+        return self.size or None
+
+
+DEFAULTS = SegmenterConfig()
+
+
+def add_arguments(parser, *, runtime: bool = True) -> None:
+    """The Segmenter's command-line options (an argparse parser or group), defaults from SegmenterConfig."""
+    d = DEFAULTS
+    parser.add_argument("--size", type=int, default=d.size,
+                        help="working resolution: shorter side in pixels (default: the checkpoint's working size, "
+                             "else the input size; 0: the input size); outputs are always at the input size")
+    parser.add_argument("--budget", type=int, default=d.budget,
+                        help=f"feature-bank budget: features over all objects, budget // K each, background "
+                             f"included (default {d.budget})")
+    parser.add_argument("--merge-thres", type=float, default=d.merge_thres,
+                        help=f"cosine similarity above which a new feature merges into the bank (default {d.merge_thres})")
+    parser.add_argument("--update-rate", type=float, default=d.update_rate,
+                        help=f"feature-bank moving-average rate of a merge (default {d.update_rate})")
+    parser.add_argument("--u-threshold", type=float, default=d.u_threshold,
+                        help=f"U above which a pixel counts as uncertain (default {d.u_threshold})")
+    parser.add_argument("--resize-annotations", action="store_true",
+                        help="resize an annotation whose size differs from its frame (nearest) instead of refusing it")
+    if runtime:
+        parser.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                            help=f"network precision (autocast); fp32 is exact (default {d.precision})")
+
+
+def from_args(args: argparse.Namespace, **overrides) -> SegmenterConfig:
+    """SegmenterConfig from options added by :func:`add_arguments` (absent ones keep their defaults)."""
+    names = ("size", "budget", "merge_thres", "update_rate", "u_threshold", "resize_annotations", "precision")
+    values = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    values["resize_annotations"] = bool(values.get("resize_annotations", False))
+    values.update(overrides)
+    return SegmenterConfig(**values)

@@ -1,0 +1,210 @@
+"""One video's state and its step: the per-frame loop of AFB-URR.
+
+A step (frame t): memorise frame t-1 with its soft mask into the feature bank (now that t-1 is known
+not to be the last frame), query-encode frame t, read the bank, decode, soft-aggregate over objects,
+apply frame t's annotation if it brings new objects (or corrections), and return the result.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import AnnotationError, VOSInputError
+from ..model.decoder import uncertainty_map
+from ..model.network import soft_aggregate
+from .preprocess import annotation_at, check_frame, frame_tensor, pad_to_multiple, unpad, working_size
+from .stats import FrameStats, compute_stats
+
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class FrameResult:
+    index: int  # position of the frame in the video
+    object_ids: list[int]  # ids of the probability planes, background (0) first
+    mask: np.ndarray  # H×W id map (uint8, or uint16 when an id exceeds 255)
+    probs: np.ndarray | None  # K×H×W float32 probabilities, rows follow object_ids
+    uncertainty: np.ndarray | None  # H×W float32 U = exp(1 - top1/top2)
+    stats: FrameStats
+    annotated: bool  # the mask came (at least partly) from a given annotation or correction
+    new_objects: list[int] = field(default_factory=list)  # objects this frame's annotation started
+    corrected_objects: list[int] = field(default_factory=list)  # objects a correction replaced here
+
+
+@dataclass
+class _Pending:
+    """A frame waiting to be memorised (done at the next step: the last frame never is)."""
+
+    x: torch.Tensor  # the padded frame
+    probs: torch.Tensor  # K×h×w at working size
+    n_banked: int  # objects that already have a memory
+    index: int
+    reset: list[int]  # rows whose memory restarts from this frame (corrections)
+
+
+class VideoSession:
+    """The state of one video: its memory, its objects, its sizes. Made by ``Segmenter.start()``."""
+
+    def __init__(self, segmenter):
+        self.segmenter = segmenter
+        self.config = segmenter.config
+        self.memory = None  # built at the first memorisation by the segmenter's memory factory
+        self.object_ids: list[int] = [0]
+        self.in_hw: tuple[int, int] | None = None
+        self.work_hw: tuple[int, int] | None = None
+        self.last_index: int | None = None
+        self.annotation_frames: list[int] = []  # frames whose annotation contributed (new objects)
+        self.correction_frames: list[int] = []
+        self._pending: _Pending | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.in_hw is not None
+
+    @property
+    def objects(self) -> list[int]:
+        """Tracked object ids (background excluded)."""
+        return self.object_ids[1:]
+
+    # -- the step -------------------------------------------------------------
+    def step(self, frame, annotation=None, *, index: int | None = None, correction=None,
+             source: str | None = None, correction_source: str | None = None) -> FrameResult:
+        """Segments the next frame. ``annotation``: an H×W id map for this frame, whose objects not yet
+        tracked start here (objects it holds that are already tracked are ignored: the semi-supervised
+        protocol). ``correction``: an H×W id map whose objects replace their prediction at this frame
+        and restart their memory from it. ``index``: the frame's index in the video (default: the previous
+        one + 1, or 0). ``source``/``correction_source``: names for error messages."""
+        index = (0 if self.last_index is None else self.last_index + 1) if index is None else int(index)
+        if self.last_index is not None and index <= self.last_index:
+            raise VOSInputError(f"frame {index}: frames must come in order (the last one was {self.last_index})")
+        frame = check_frame(frame, index)
+        if self.in_hw is None:
+            if annotation is None:
+                raise AnnotationError(f"frame {index}: the first frame of a video needs an annotation")
+            self.in_hw = frame.shape[:2]
+            self.work_hw = working_size(*self.in_hw, self.segmenter.working_size)
+        elif frame.shape[:2] != self.in_hw:
+            raise VOSInputError(f"frame {index}: size {frame.shape[1]}x{frame.shape[0]} differs from the video's "
+                                f"{self.in_hw[1]}x{self.in_hw[0]}")
+        first = self.last_index is None
+        seg, cfg = self.segmenter, self.config
+        amp = _AUTOCAST[cfg.precision]
+        autocast = torch.autocast(seg.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            x, pad = pad_to_multiple(frame_tensor(frame, self.work_hw, seg.device, seg.dtype, cfg.channels_last))
+            if self._pending is not None:  # memorise the previous frame now that it was not the last
+                self._memorise(self._pending)
+                self._pending = None
+            new_ids, ann = self._new_objects(annotation, index, source or f"annotation of frame {index}", first)
+            fix, fixed_ids = self._correction(correction, index, correction_source or f"correction of frame {index}")
+            n_banked = len(self.object_ids)
+            if first:
+                probs = torch.zeros(0, *self.work_hw, device=seg.device, dtype=seg.dtype)
+            else:
+                q = seg.model.encode_query(x)
+                readout = self.memory.read(q.key[0].float())
+                fg = unpad(seg.model.decode(readout.unsqueeze(0), q)[0], pad).float()
+                probs = soft_aggregate(fg)
+            if new_ids:
+                self.object_ids = self.object_ids + new_ids
+                probs = apply_masks(probs, ann, self.object_ids, new_ids)
+                self.annotation_frames.append(index)
+            if fixed_ids:
+                probs = apply_masks(probs, fix, self.object_ids, fixed_ids)
+                self.correction_frames.append(index)
+            reset = [self.object_ids.index(i) for i in fixed_ids if self.object_ids.index(i) < n_banked]
+            self._pending = _Pending(x, probs, n_banked if not first else 0, index, reset)
+            self.last_index = index
+            return self._result(index, probs, annotated=bool(new_ids or fixed_ids), new_objects=new_ids,
+                                corrected=fixed_ids)
+
+    # -- annotations ----------------------------------------------------------
+    def _new_objects(self, annotation, index: int, source: str, first: bool):
+        if annotation is None:
+            return [], None
+        ann = annotation_at(annotation, self.in_hw, self.work_hw, source, self.config.resize_annotations)
+        given = [int(i) for i in np.unique(ann) if i != 0]
+        new_ids = [i for i in given if i not in self.object_ids]
+        if first and not new_ids:
+            raise AnnotationError(f"{source}: the first annotation is empty (no object ids, only background)")
+        if new_ids and len(new_ids) < len(given):  # tracked objects in this mask are ignored (the protocol)
+            ann = np.where(np.isin(ann, new_ids), ann, 0)
+        return new_ids, ann
+
+    def _correction(self, correction, index: int, source: str):
+        if correction is None:
+            return None, []
+        if self.last_index is None and not self.started:
+            raise AnnotationError(f"{source}: a correction needs a tracked video (start it with an annotation)")
+        fix = annotation_at(correction, self.in_hw, self.work_hw, source, self.config.resize_annotations)
+        ids = [int(i) for i in np.unique(fix) if i != 0]
+        unknown = [i for i in ids if i not in self.object_ids]
+        if unknown:
+            raise AnnotationError(f"{source}: corrects object(s) {unknown} that are not tracked "
+                                  f"(tracked: {self.objects}); a new object needs an annotation")
+        return fix, ids
+
+    # -- memory ---------------------------------------------------------------
+    def _memorise(self, p: _Pending) -> None:
+        seg = self.segmenter
+        padded, _ = pad_to_multiple(p.probs)
+        keys, values = seg.model.encode_memory(p.x, padded.unsqueeze(0))
+        keys, values = keys[0].float(), values[0].float()  # the memory is kept in fp32 whatever the precision
+        if self.memory is None:
+            cfg = seg.model.config
+            self.memory = seg.memory_factory(cfg.keydim, cfg.valdim, self.config, seg.device)
+        if p.reset:
+            self.memory.reset(p.reset)
+        if p.n_banked:
+            self.memory.update(keys[: p.n_banked], values[: p.n_banked], p.index, objects=list(range(p.n_banked)))
+        if keys.shape[0] > p.n_banked:
+            self.memory.add_objects(keys[p.n_banked:], values[p.n_banked:], p.index)
+
+    # -- output ---------------------------------------------------------------
+    def _result(self, t: int, probs: torch.Tensor, annotated: bool, new_objects, corrected) -> FrameResult:
+        cfg = self.config
+        if self.work_hw != self.in_hw:
+            probs = F.interpolate(probs.unsqueeze(0).float(), size=self.in_hw, mode="bilinear", align_corners=False)[0]
+        probs = probs.float()
+        labels = probs.max(0).indices  # first maximum, as argmax; 20x faster over dim 0 on CPU
+        u = uncertainty_map(probs, dim=0)[0]
+        mem = self.memory
+        stats = compute_stats(probs, labels, u, self.object_ids, mem.sizes() if mem is not None else [],
+                              mem.evicted() if mem is not None else [], cfg.u_threshold)
+        ids = self.object_ids
+        lut = np.asarray(ids, dtype=np.uint16 if max(ids) > 255 else np.uint8)
+        return FrameResult(
+            index=t, object_ids=list(ids), mask=lut[labels.cpu().numpy()],
+            probs=probs.cpu().numpy() if cfg.keep_probs else None,
+            uncertainty=u.cpu().numpy() if cfg.keep_uncertainty else None,
+            stats=stats, annotated=annotated, new_objects=list(new_objects), corrected_objects=list(corrected),
+        )
+
+
+def apply_masks(probs: torch.Tensor, ann: np.ndarray, object_ids: list[int], given: list[int]) -> torch.Tensor:
+    """Pixels labelled in ``ann`` with an id in ``given`` become one-hot for that id; each listed object
+    lives exactly where ``ann`` puts it (it loses the pixels ``ann`` does not give it); elsewhere the
+    prediction of the other objects stands. Objects without a plane yet get zero planes first."""
+    k_old, k = probs.shape[0], len(object_ids)
+    if k > k_old:
+        probs = torch.cat([probs, probs.new_zeros(k - k_old, *probs.shape[1:])])
+    if k_old == 0:
+        probs[0] = 1.0
+    a = torch.from_numpy(ann).to(probs.device)
+    idx = {oid: i for i, oid in enumerate(object_ids)}
+    labelled = torch.zeros_like(a, dtype=torch.bool)
+    for oid in given:
+        labelled |= a == oid
+    for oid in given:
+        probs[idx[oid]] = 0.0
+    probs[:, labelled] = 0.0
+    for oid in given:
+        probs[idx[oid]][a == oid] = 1.0
+    # Unlabelled pixels: renormalise what is left (background absorbs a vacated object).
+    total = probs.sum(0, keepdim=True)
+    probs[0] += (1 - total[0]).clamp(min=0)
+    return probs / probs.sum(0, keepdim=True)
