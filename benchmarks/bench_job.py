@@ -47,11 +47,11 @@ def _manifest(copies: int, dest: Path) -> tuple[Path, list]:
 def segmenter_alone(ckpt: str, tasks, size) -> tuple[float, int]:
     import torch
     from jobs.pseudo_label import select_annotations
-    from vos_core import Segmenter, load_model
+    from vos_core import Segmenter, SegmenterConfig, load_model
     from vos_core.io import load_annotations, open_frames
 
     torch.set_num_threads(1)
-    seg = Segmenter(load_model(ckpt), size=size, keep_probs=False)
+    seg = Segmenter(load_model(ckpt), SegmenterConfig(size=size, keep_probs=False))
     frames = 0
     t0 = time.perf_counter()
     for t in tasks:

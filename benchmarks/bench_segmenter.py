@@ -104,11 +104,10 @@ def first_mask(h: int, w: int, objects: int = 1):
 
 
 # -- the STM-style memory ------------------------------------------------------------
-def make_stm_segmenter(every: int):
-    """A Segmenter whose memory is STM's: every ``every``-th frame appended whole, never merged or evicted."""
-    import torch
-
-    from vos_core import FeatureBank, Segmenter
+def stm_memory(every: int):
+    """A memory factory for the Segmenter: STM's memory, every ``every``-th frame appended whole, never
+    merged or evicted (the feature bank's interface, so the Segmenter runs it unchanged)."""
+    from vos_core import FeatureBank
     from vos_core.inference.feature_bank import ObjectMemory
 
     unbounded = 1 << 62
@@ -122,7 +121,6 @@ def make_stm_segmenter(every: int):
             for j in range(keys.shape[0]):
                 mem = ObjectMemory(self.keydim, self.valdim, self.device, self.dtype)
                 mem.append(keys[j], values[j], frame_idx, limit=unbounded)  # geometric growth
-                mem.appended_last = keys.shape[2]
                 self.objects.append(mem)
 
         def update(self, keys, values, frame_idx, objects=None):
@@ -131,20 +129,14 @@ def make_stm_segmenter(every: int):
             objects = list(range(self.num_objects)) if objects is None else objects
             for row, i in enumerate(objects):
                 self.objects[i].append(keys[row], values[row], frame_idx, limit=unbounded)
-                self.objects[i].appended_last = keys.shape[2]
 
         def read(self, query_key, count_usage=True):
             return super().read(query_key, count_usage=False)  # STM keeps no usage counts
 
-    class STMSegmenter(Segmenter):
-        def _memorise(self, bank, *args):
-            if bank is None:
-                cfg = self.model.config
-                bank = STMMemory(cfg.keydim, cfg.valdim, budget=1, merge_thres=2.0, device=self.device,
-                                 dtype=torch.float32)
-            return super()._memorise(bank, *args)
+    def factory(keydim, valdim, config, device):
+        return STMMemory(keydim, valdim, budget=1, merge_thres=2.0, device=device)
 
-    return STMSegmenter
+    return factory
 
 
 # -- the worker (one configuration per process) --------------------------------------
@@ -159,7 +151,7 @@ def _status_kb(field: str) -> int:
 def worker(cfg: dict) -> dict:
     import torch
 
-    from vos_core import Segmenter
+    from vos_core import FeatureBank, Segmenter, SegmenterConfig
     from vos_core.model import AFBURR, CONFIGS
 
     torch.set_num_threads(cfg["threads"])
@@ -167,8 +159,10 @@ def worker(cfg: dict) -> dict:
     torch.manual_seed(0)
     model = AFBURR(CONFIGS[cfg["config"]]).eval().to(device)
     h, w, k = cfg["height"], cfg["width"], cfg["objects"]
-    cls = Segmenter if cfg["memory"] == "afb" else make_stm_segmenter(cfg["stm_every"])
-    seg = cls(model, budget=cfg["budget"], merge_thres=cfg["merge_thres"], keep_probs=False)
+    memory = FeatureBank.from_config if cfg["memory"] == "afb" else stm_memory(cfg["stm_every"])
+    seg = Segmenter(model, SegmenterConfig(budget=cfg["budget"], merge_thres=cfg["merge_thres"], keep_probs=False),
+                    memory=memory)
+    session = seg.start()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _status_kb("VmRSS")
@@ -178,14 +172,14 @@ def worker(cfg: dict) -> dict:
     cpu0 = time.process_time()
     t0 = tp = time.perf_counter()
     steps = []  # per frame: from the previous result to this one (memorise t-1, read frame t, segment t)
-    for r in seg.run(synthetic_video(n, h, w, k), {0: first_mask(h, w, k)}):
+    for r in seg.run(synthetic_video(n, h, w, k), {0: first_mask(h, w, k)}, session=session):
         sync()
         now = time.perf_counter()
         steps.append(now - tp)
         tp = now
     t1 = time.perf_counter()
     import statistics
-    bank = seg.bank
+    bank = session.memory
     itemsize = 4
     return {
         "fps": n / (t1 - t0),

@@ -23,9 +23,9 @@ both (CPU by default).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import importlib
-import inspect
 import json
 import math
 import os
@@ -48,7 +48,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "davis16-train-240p"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vos_core import Segmenter, load_model  # noqa: E402
+from vos_core import FeatureBank, Segmenter, SegmenterConfig, load_model  # noqa: E402
 from vos_core.model import AFBURR, OFFICIAL  # noqa: E402
 
 # Top-level names the reference code (or our shims for it) occupy while loaded.
@@ -258,7 +258,7 @@ def reference_self_check(ref, model, layout: Path, threads: int) -> list[str]:
 
 
 def segmenter_accepts(name: str) -> bool:
-    return name in inspect.signature(Segmenter.__init__).parameters
+    return name in {f.name for f in dataclasses.fields(SegmenterConfig)}
 
 
 #: Variants of our side: Segmenter keyword arguments on top of the defaults.
@@ -275,21 +275,39 @@ APPROX_VARIANTS = {
 ALL_VARIANTS = VARIANTS | APPROX_VARIANTS
 
 
-class _PrefilledSegmenter(Segmenter):
-    """The Segmenter, with ``prefill`` appended to every row's bank right after frame 0 is memorised,
-    as :func:`run_reference` does to theirs: the bank of a long video, without running one."""
+class _InstrumentedBank(FeatureBank):
+    """The feature bank, counting the features each update merges (offered - appended), and with
+    ``prefill`` appended to every row right after frame 0 is memorised, as :func:`run_reference` does
+    to theirs: the bank of a long video, without running one."""
 
-    def __init__(self, model, prefill, **kwargs):
-        super().__init__(model, **kwargs)
-        self.prefill = prefill
+    prefill: tuple[list, list] | None = None
 
-    def _memorise(self, bank, x, probs, n_banked, t):
-        first = bank is None
-        bank = super()._memorise(bank, x, probs, n_banked, t)
-        if first:
-            for mem, k, v in zip(bank.objects, *self.prefill):
-                mem.append(k.float(), v.float(), t, limit=bank.object_budget)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.merged = 0
+
+    def add_objects(self, keys, values, frame_idx):
+        first = not self.objects
+        super().add_objects(keys, values, frame_idx)
+        if first and self.prefill is not None:
+            for mem, k, v in zip(self.objects, *self.prefill):
+                mem.append(k.float(), v.float(), frame_idx, limit=self.object_budget)
+
+    def update(self, keys, values, frame_idx, objects=None):
+        rows = list(range(self.num_objects)) if objects is None else list(objects)
+        before = [(self.objects[i].n, self.objects[i].evicted_total) for i in rows]
+        super().update(keys, values, frame_idx, objects)
+        for (n0, e0), i in zip(before, rows):
+            appended = (self.objects[i].n - n0) + (self.objects[i].evicted_total - e0)
+            self.merged += keys.shape[2] - appended
+
+
+def _instrumented_memory(prefill):
+    def factory(keydim, valdim, config, device):
+        bank = _InstrumentedBank(keydim, valdim, config.budget, config.merge_thres, config.update_rate, device=device)
+        bank.prefill = prefill
         return bank
+    return factory
 
 
 def prefill_features(rows: int, n: int, keydim: int = 128, valdim: int = 512, seed: int = 0,
@@ -305,24 +323,23 @@ def prefill_features(rows: int, n: int, keydim: int = 128, valdim: int = 512, se
 
 def run_ours(model, frames: list[np.ndarray], first_mask: np.ndarray, budget: int, merge_thres: float,
              update_rate: float, prefill: tuple[list, list] | None = None, **segmenter_kwargs) -> RunResult:
-    kwargs = dict(budget=budget, merge_thres=merge_thres, update_rate=update_rate, **segmenter_kwargs)
-    seg = Segmenter(model, **kwargs) if prefill is None else _PrefilledSegmenter(model, prefill, **kwargs)
+    config = SegmenterConfig(budget=budget, merge_thres=merge_thres, update_rate=update_rate, **segmenter_kwargs)
+    seg = Segmenter(model, config, memory=_instrumented_memory(prefill))
+    session = seg.start()
     probs, sizes = [], []
-    merged = 0
     frame_seconds = []
     t0 = tp = time.perf_counter()
-    for r in seg.run(frames, {0: first_mask}):
+    for r in seg.run(frames, {0: first_mask}, session=session):
         now = time.perf_counter()
         if r.index > 0:  # memorise(t-1) + segment(t): the work of one step of their loop
             frame_seconds.append(now - tp)
         tp = now
         probs.append(r.probs)
         if r.index > 0:
-            sizes.append(seg.bank.sizes())
-            merged += sum(max(int(o.merged_last), 0) for o in seg.bank.objects)  # the update of frame index-1
+            sizes.append(session.memory.sizes())
     seconds = time.perf_counter() - t0
-    bank = seg.bank
-    return RunResult(probs, sizes, merged, sum(o.evicted_total for o in bank.objects), seconds,
+    bank = session.memory
+    return RunResult(probs, sizes, bank.merged, sum(o.evicted_total for o in bank.objects), seconds,
                      [o.keys.cpu().clone() for o in bank.objects], [o.values.cpu().clone() for o in bank.objects],
                      [o.usage.cpu().clone() for o in bank.objects], frame_seconds)
 

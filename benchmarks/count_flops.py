@@ -60,15 +60,15 @@ def count(config: str, h: int, w: int, objects: int, bank_features: int) -> dict
     k = objects + 1  # background is a row of its own, as in the authors' code
     hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
     frame = torch.empty(1, 3, hp, wp, device=DEVICE)
-    masks = torch.empty(k, hp, wp, device=DEVICE)
+    masks = torch.empty(1, k, hp, wp, device=DEVICE)
     out = {}
     with torch.inference_mode():
         out["query encoder (+ key/value)"] = _flops(lambda: model.encode_query(frame))
         q = model.encode_query(frame)
         out[f"memory encoder (+ key/value), {k} rows"] = _flops(lambda: model.encode_memory(frame, masks))
         bank = full_bank(cfg, k, bank_features)
-        out[f"memory read, {bank_features} features in {k} rows"] = _flops(lambda: bank.read(q.key))
-        readout = torch.empty(k, cfg.valdim, q.key.shape[1], device=DEVICE)
+        out[f"memory read, {bank_features} features in {k} rows"] = _flops(lambda: bank.read(q.key[0]))
+        readout = torch.empty(1, k, cfg.valdim, q.key.shape[2], device=DEVICE)
         out[f"decoder, {k} rows"] = _flops(lambda: model.decode(readout, q))
     return out
 

@@ -29,14 +29,14 @@ def pick(indices: list[int], annotated: set[int], count: int) -> list[int]:
 
 def make_picture(checkpoint: str, frames_uri: str, annotations_uri: str, count: int = 4, size: int | None = None,
                  device: str = "cpu") -> np.ndarray:
-    from vos_core import Segmenter, load_model
+    from vos_core import Segmenter, SegmenterConfig, load_model
     from vos_core.io import load_annotations, open_frames
 
     from jobs.visual import draw_objects, heatmap, hstack, label
 
     frames = open_frames(frames_uri)
     annotations = load_annotations(annotations_uri, frame_names=frames.names)
-    segmenter = Segmenter(load_model(checkpoint, device=device), size=size, keep_probs=True)
+    segmenter = Segmenter(load_model(checkpoint, device=device), SegmenterConfig(size=size, keep_probs=True))
     results = {r.index: r for r in segmenter.run(frames, annotations)}  # a short video: all kept
     shown = pick(sorted(results), set(annotations), count)
     overlays, heatmaps = [], []

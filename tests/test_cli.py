@@ -15,7 +15,7 @@ def test_parser_has_the_subcommands():
     args = parser.parse_args(["eval", "--results", "r", "--annotations", "a"])
     assert args.command == "eval" and args.output is None
     args = parser.parse_args(["segment", "--checkpoint", "c", "--frames", "f", "--annotations", "a", "--output", "o"])
-    assert args.size == 480 and args.budget == 300_000 and not args.resize_annotations
+    assert args.size is None and args.budget == 300_000 and not args.resize_annotations  # None: the checkpoint's size
 
 
 def test_eval_end_to_end_matches_the_reference(tmp_path, capsys):

@@ -4,14 +4,19 @@ import pytest
 import torch
 
 from vos_core import AnnotationError, Segmenter, VOSInputError
-from vos_core.model import AFBURR, COMPACT
+from vos_core import SegmenterConfig
+from vos_core.inference import FeatureBank
 from vos_core.inference.preprocess import pad_to_multiple, unpad
+from vos_core.model import AFBURR, COMPACT
+from vos_core.model.config import COMPACT_RESNET18
 
 
 @pytest.fixture(scope="module")
 def model():
+    # A random ResNet model gives decided, frame-dependent probabilities; a random EfficientNet-Lite one
+    # sits near 0.5 everywhere (see test_pretrained_configuration_runs for that trunk).
     torch.manual_seed(0)
-    return AFBURR(COMPACT).eval()
+    return AFBURR(COMPACT_RESNET18).eval()
 
 
 def frames_of(n, h=60, w=90, seed=0):
@@ -120,3 +125,127 @@ def test_memory_is_bounded_by_the_budget(model):
     assert all(n <= 50 for n in session.memory.sizes())
     assert sum(session.memory.evicted()) > 0
     assert r.stats.objects[0].bank_size == session.memory.sizes()[0]
+
+
+def test_pretrained_configuration_runs():
+    torch.manual_seed(0)
+    lite = AFBURR(COMPACT).eval()
+    ann = np.zeros((60, 90), np.uint8)
+    ann[10:30, 10:40] = 1
+    rs = list(Segmenter(lite).run(frames_of(3), {0: ann}))
+    assert [r.index for r in rs] == [0, 1, 2] and rs[2].probs.shape == (2, 60, 90)
+    assert np.allclose(rs[2].probs.sum(0), 1, atol=1e-5)
+
+
+def _two_objects():
+    a0 = np.zeros((60, 90), np.uint8)
+    a0[10:30, 10:30] = 1
+    a0[35:55, 50:80] = 2
+    return a0
+
+
+def test_step_api_equals_run(model):
+    frames = list(frames_of(5))
+    ann = _two_objects()
+    seg = Segmenter(model, SegmenterConfig(budget=5_000))
+    ran = list(seg.run(frames, {0: ann}))
+    session = seg.start()
+    stepped = [session.step(frames[0], ann)] + [session.step(f) for f in frames[1:]]
+    assert [r.index for r in stepped] == [0, 1, 2, 3, 4]
+    for a, b in zip(ran, stepped):
+        assert np.array_equal(a.probs, b.probs) and np.array_equal(a.mask, b.mask)
+    assert session.objects == [1, 2] and session.annotation_frames == [0]
+    # two sessions of one segmenter are independent
+    other = seg.start()
+    r0 = other.step(frames[0], ann)
+    assert r0.annotated and r0.new_objects == [1, 2] and session.memory is not other.memory
+
+
+def test_step_refuses_bad_order_and_a_first_frame_without_annotation(model):
+    seg = Segmenter(model)
+    session = seg.start()
+    with pytest.raises(AnnotationError, match="first frame of a video needs an annotation"):
+        session.step(next(frames_of(1)))
+    session.step(next(frames_of(1)), _two_objects(), index=3)
+    with pytest.raises(VOSInputError, match="in order"):
+        session.step(next(frames_of(1)), index=3)
+
+
+def test_later_masks_of_tracked_objects_are_ignored_bit_for_bit(model):
+    """The semi-supervised protocol: ground truth of every frame given as annotations changes nothing,
+    except where a new object first appears (and then only that object's mask is used)."""
+    frames = list(frames_of(6))
+    a0 = np.zeros((60, 90), np.uint8)
+    a0[10:30, 10:30] = 1
+    rng = np.random.default_rng(3)
+    full = {t: a0.copy() for t in range(6)}
+    for t in range(1, 6):  # "ground truth" of object 1 moving, and an object 5 that appears at frame 3
+        full[t] = np.roll(a0, t * 3, axis=1)
+        if t >= 3:
+            full[t][40:55, 60:80] = 5
+        full[t][rng.random((60, 90)) < 0.01] = 1  # noise: must not leak in either
+    seg = Segmenter(model)
+    first_only = list(seg.run(frames, {0: a0, 3: np.where(full[3] == 5, 5, 0).astype(np.uint8)}))
+    session = seg.start()
+    every = list(seg.run(frames, full, session=session))
+    for a, b in zip(first_only, every):
+        assert np.array_equal(a.probs, b.probs) and np.array_equal(a.mask, b.mask) and a.annotated == b.annotated
+    assert [r.annotated for r in every] == [True, False, False, True, False, False]
+    assert every[3].new_objects == [5] and session.annotation_frames == [0, 3]
+
+
+def test_a_correction_replaces_the_mask_and_restarts_that_objects_memory(model):
+    frames = list(frames_of(6))
+    ann = _two_objects()
+    fix = np.zeros((60, 90), np.uint8)
+    fix[5:20, 60:85] = 1  # object 1 is really here at frame 2
+    seg = Segmenter(model, budget=20_000)
+    plain = list(seg.run(frames, {0: ann}))
+    session = seg.start()
+    fixed = list(seg.run(frames, {0: ann}, corrections={2: fix}, session=session))
+    assert all(np.array_equal(a.probs, b.probs) for a, b in zip(plain[:2], fixed[:2]))  # before: untouched
+    r2 = fixed[2]
+    assert r2.annotated and r2.corrected_objects == [1] and r2.new_objects == []
+    assert np.array_equal(r2.mask == 1, fix == 1)  # the corrected object is exactly the correction
+    # the other object's prediction stands outside the correction (object 1's vacated share goes to background)
+    assert np.allclose(r2.probs[2][fix == 0], plain[2].probs[2][fix == 0], atol=1e-6)
+    assert any(not np.array_equal(a.probs, b.probs) for a, b in zip(plain[3:], fixed[3:]))  # later frames change
+    # object 1's memory restarted at frame 2: nothing older than frame 2 is left in it
+    assert float(session.memory.objects[1].added.min()) >= 2.0
+    assert float(session.memory.objects[2].added.min()) == 0.0
+    assert session.correction_frames == [2]
+    with pytest.raises(AnnotationError, match="not tracked"):
+        bad = np.zeros((60, 90), np.uint8)
+        bad[:5, :5] = 9
+        list(seg.run(frames, {0: ann}, corrections={1: bad}))
+
+
+@pytest.mark.parametrize("size", [None, 24])
+def test_small_objects_survive_a_reduced_working_size(model, size):
+    ann = np.zeros((120, 180), np.uint8)
+    ann[50:52, 50:52] = 3  # 2x2 pixels: at 1/5 scale nearest-neighbour would drop it
+    ann[10:60, 100:170] = 1
+    seg = Segmenter(model, size=size)
+    r = next(iter(seg.run(frames_of(2, 120, 180), {0: ann})))
+    assert r.object_ids == [0, 1, 3]
+    only = np.zeros((120, 180), np.uint8)
+    only[50:52, 50:52] = 2  # a mask whose only object is tiny is not "empty"
+    r = next(iter(seg.run(frames_of(2, 120, 180), {0: only})))
+    assert r.object_ids == [0, 2] and (r.mask == 2).any()
+
+
+def test_memory_factory_swaps_the_memory(model):
+    made = []
+
+    class Counting(FeatureBank):
+        def update(self, *a, **k):
+            made.append("update")
+            return super().update(*a, **k)
+
+    def factory(keydim, valdim, config, device):
+        made.append("new")
+        return Counting(keydim, valdim, config.budget, config.merge_thres, config.update_rate, device=device)
+
+    seg = Segmenter(model, memory=factory)
+    list(seg.run(frames_of(4), {0: _two_objects()}))
+    assert made == ["new", "update", "update"]  # frames 0 (start), 1 and 2 memorised; the last never is

@@ -34,22 +34,26 @@ def _json_safe(value):
 
 # -- vos segment --------------------------------------------------------------
 def add_segment_parser(sub) -> None:
+    from .inference import config as seg_config
+    from .model import SHIPPED_CHECKPOINT
+
     p = sub.add_parser("segment", help="segment one video from its first-frame mask(s)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Segments a video (folder of frames or video file) from annotation PNG(s) and "
-                                   "writes <output>/<frame>.png (DAVIS palette) and <output>/stats.jsonl.")
-    p.add_argument("--checkpoint", required=True, help="model weights (.pth, local or fsspec URL)")
+                                   "writes <output>/<frame>.png (DAVIS palette) and <output>/stats.jsonl. "
+                                   "Semi-supervised protocol: an annotation frame contributes only the objects that "
+                                   "first appear in it, so a folder holding every frame's ground truth gives what "
+                                   "the first frame's mask alone gives.")
+    p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="model weights (.pth, local or fsspec URL)")
     p.add_argument("--frames", required=True, help="folder of frames or a video file (local or fsspec URL)")
     p.add_argument("--annotations", required=True,
-                   help="folder of id-map PNGs named like the frames, or one PNG for frame 0")
+                   help="folder of id-map PNGs named like the frames, or one PNG (the mask of --start-frame)")
     p.add_argument("--output", required=True, help="folder for the masks and stats.jsonl")
-    p.add_argument("--size", type=int, default=480, help="shorter side to process at; 0 = the input size")
-    p.add_argument("--budget", type=int, default=300_000,
-                   help="feature-bank budget: features over all objects (budget // K each, background included)")
-    p.add_argument("--merge-thres", type=float, default=0.95, help="similarity above which features merge")
-    p.add_argument("--update-rate", type=float, default=0.1, help="feature-bank update rate")
+    p.add_argument("--start-frame", type=int, default=None,
+                   help="frame to start tracking at (default: the first annotated frame); earlier frames and "
+                        "masks are ignored")
+    seg_config.add_arguments(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--resize-annotations", action="store_true",
-                   help="resize an annotation whose size differs from its frame instead of refusing it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_segment)
 
@@ -57,41 +61,53 @@ def add_segment_parser(sub) -> None:
 def cmd_segment(args) -> int:
     import fsspec
     import torch
-    from fsspec.implementations.local import LocalFileSystem
     from tqdm import tqdm
 
-    from .io import load_annotations, open_frames, prefetch, write_palette_png
-    from .model import load_model
     from .inference import Segmenter
+    from .inference.config import from_args
+    from .io import load_annotations, open_frames, prefetch, select_annotations, write_palette_png
+    from .io._fs import is_local
+    from .model import load_model
 
+    if args.start_frame is not None and args.start_frame < 0:
+        raise VOSInputError(f"--start-frame must be >= 0, got {args.start_frame}")
+    config = from_args(args, keep_probs=False, keep_uncertainty=False)  # validates the settings
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     frames = open_frames(args.frames)
     annotations = load_annotations(args.annotations, frame_names=frames.names if frames.kind == "folder" else None)
-    annotations.validate()  # fail now, not at a mask halfway through the video
+    annotations, start = select_annotations(annotations, args.annotations, args.start_frame)
+    validate = getattr(annotations, "validate", None)
+    if validate:
+        validate()  # fail now, not at a mask halfway through the video
     model = load_model(args.checkpoint, device=device)
-    segmenter = Segmenter(model, budget=args.budget, merge_thres=args.merge_thres, update_rate=args.update_rate,
-                          size=args.size or None, keep_probs=False, resize_annotations=args.resize_annotations)
+    segmenter = Segmenter(model, config)
     output = args.output.rstrip("/")
     fs, out_path = fsspec.core.url_to_fs(output)
-    if isinstance(fs, LocalFileSystem):  # object stores have no folders to create
+    if is_local(fs):  # object stores have no folders to create
+        if fs.isfile(out_path):
+            raise VOSInputError(f"--output {output}: is a file, not a folder")
         fs.makedirs(out_path, exist_ok=True)
     try:
         total = len(frames)
     except TypeError:
         total = None
     written = 0
+    session = segmenter.start()
     # closing(): stop the decoding thread at once when the run fails, not when the traceback is freed
     with frames, closing(prefetch(frames)) as decoded, fs.open(f"{out_path}/stats.jsonl", "w") as stats_file, \
             tqdm(total=total, unit="frame", disable=args.no_progress, desc="segment") as bar:
-        for result in segmenter.run(decoded, annotations):
+        for result in segmenter.run(decoded, annotations, session=session):
             name = frames.name(result.index)
             write_palette_png(f"{output}/{name}.png", result.mask)
             record = {"index": result.index, "name": name, "annotated": result.annotated,
-                      "object_ids": result.object_ids, "stats": result.stats.to_dict()}
+                      "object_ids": result.object_ids, "new_objects": result.new_objects,
+                      "stats": result.stats.to_dict()}
             stats_file.write(json.dumps(_json_safe(record)) + "\n")
             written += 1
             bar.update(result.index + 1 - bar.n)  # frames before the first mask are skipped, not segmented
-    print(f"wrote {written} masks and stats.jsonl to {output}", file=sys.stderr)
+    print(f"wrote {written} masks and stats.jsonl to {output} (from frame {start}; "
+          f"{len(session.annotation_frames)} annotation frame(s) used: {session.annotation_frames}, "
+          f"{len(session.objects)} object(s); working size {segmenter.working_size or 'input'})", file=sys.stderr)
     return 0
 
 
