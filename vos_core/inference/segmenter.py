@@ -23,6 +23,7 @@ from ..model.fuse import fold_batchnorm
 from ..model.network import AFBURR
 from .config import SegmenterConfig
 from .feature_bank import FeatureBank
+from .quality import fallback_quality
 from .session import FrameResult, VideoSession
 
 #: (keydim, valdim, config, device) -> a memory with the FeatureBank interface
@@ -57,6 +58,10 @@ class Segmenter:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.memory_factory = memory
+        #: signals -> predicted J: the checkpoint's fitted estimator, else the uncalibrated rule
+        fitted = getattr(self.source_model, "quality_model", None)
+        self.quality = fitted or fallback_quality
+        self.quality_calibrated = fitted is not None
 
     @property
     def device(self):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from ..errors import AnnotationError, VOSInputError
 from ..model.decoder import uncertainty_map
 from ..model.network import soft_aggregate
 from .preprocess import annotation_at, check_frame, frame_tensor, pad_to_multiple, unpad, working_size
+from .quality import MaskShape, ObjectTrack, object_signals
 from .stats import FrameStats, compute_stats
 
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -59,6 +61,7 @@ class VideoSession:
         self.last_index: int | None = None
         self.annotation_frames: list[int] = []  # frames whose annotation contributed (new objects)
         self.correction_frames: list[int] = []
+        self.tracks: dict[int, ObjectTrack] = {}  # per object: what its quality signals compare against
         self._pending: _Pending | None = None
 
     @property
@@ -177,12 +180,36 @@ class VideoSession:
                               mem.evicted() if mem is not None else [], cfg.u_threshold)
         ids = self.object_ids
         lut = np.asarray(ids, dtype=np.uint16 if max(ids) > 255 else np.uint8)
+        mask = lut[labels.cpu().numpy()]
+        self._assess(t, mask, stats, given=set(new_objects) | set(corrected))
         return FrameResult(
-            index=t, object_ids=list(ids), mask=lut[labels.cpu().numpy()],
+            index=t, object_ids=list(ids), mask=mask,
             probs=probs.cpu().numpy() if cfg.keep_probs else None,
             uncertainty=u.cpu().numpy() if cfg.keep_uncertainty else None,
             stats=stats, annotated=annotated, new_objects=list(new_objects), corrected_objects=list(corrected),
         )
+
+
+    def _assess(self, t: int, mask: np.ndarray, stats: FrameStats, given: set[int]) -> None:
+        """Fills each object's components, quality signals and quality estimate; updates its track
+        (an object whose mask was given at this frame takes it as its new reference)."""
+        estimate = self.segmenter.quality
+        for o in stats.objects[1:]:
+            shape = MaskShape(o.area, o.bbox, tuple(o.centroid) if o.centroid else None)
+            n, largest = _components(mask == o.object_id) if o.area else (0, 0)
+            o.components = n
+            track = self.tracks.get(o.object_id)
+            if track is None or o.object_id in given:
+                track = self.tracks[o.object_id] = ObjectTrack(shape, t)
+            o.signals = object_signals(o, shape, track, n, largest, t)
+            o.quality = 1.0 if o.object_id in given else estimate(o.signals)
+            track.previous = shape
+
+
+def _components(binary: np.ndarray) -> tuple[int, int]:
+    """(number of 8-connected components, area of the largest) of a non-empty boolean mask."""
+    n, _, cc_stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+    return n - 1, int(cc_stats[1:, cv2.CC_STAT_AREA].max())
 
 
 def apply_masks(probs: torch.Tensor, ann: np.ndarray, object_ids: list[int], given: list[int]) -> torch.Tensor:

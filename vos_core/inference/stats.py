@@ -37,6 +37,10 @@ class ObjectStats:
     band_area: int  # pixels in the band
     bank_size: int  # features in this object's memory after absorbing this frame's predecessor
     bank_evicted: int  # features evicted from this object's memory so far
+    centroid: list[float] | None = None  # [x, y] mean pixel position of the mask, None when empty
+    components: int = 0  # connected components of the mask (8-connected)
+    quality: float | None = None  # predicted J of this mask in [0, 1] (vos_core.inference.quality); None: background
+    signals: dict | None = None  # the inputs of the quality estimate (vos_core.inference.quality.SIGNALS)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +81,8 @@ def compute_stats(probs: torch.Tensor, labels: torch.Tensor, u: torch.Tensor, ob
     y1 = torch.where(rows, ar_h, -1).max(1).values
     x0 = torch.where(cols, ar_w, w).min(1).values
     x1 = torch.where(cols, ar_w, -1).max(1).values
+    x_sum = (onehot.sum(1).double() * ar_w).sum(1)  # Σ x over the mask's pixels (per column counts × x)
+    y_sum = (onehot.sum(2).double() * ar_h).sum(1)
     # 95th percentile of U inside each band: quantile over the band's pixels.
     p95 = []
     uf = u.flatten()
@@ -85,10 +91,11 @@ def compute_stats(probs: torch.Tensor, labels: torch.Tensor, u: torch.Tensor, ob
         p95.append(quantile(sel.float(), 0.95) if sel.numel() else uf.new_tensor(float("nan")))
     frame_vals = torch.stack([u.mean(), (u > u_threshold).float().mean()])
     packed = torch.stack([area.float(), prob_in, band_area.float(), u_in, y0.float(), y1.float(), x0.float(),
-                          x1.float(), torch.stack(p95).float()], dim=1).cpu().tolist()  # one host sync
+                          x1.float(), torch.stack(p95).float(), x_sum.double(), y_sum.double()],
+                         dim=1).cpu().tolist()  # one host sync
     fu = frame_vals.cpu().tolist()
     objects = []
-    for i, (a, pin, ba, uin, yy0, yy1, xx0, xx1, q95) in enumerate(packed):
+    for i, (a, pin, ba, uin, yy0, yy1, xx0, xx1, q95, xs, ys) in enumerate(packed):
         a, ba = int(a), int(ba)
         objects.append(ObjectStats(
             object_id=int(object_ids[i]),
@@ -100,5 +107,6 @@ def compute_stats(probs: torch.Tensor, labels: torch.Tensor, u: torch.Tensor, ob
             band_area=ba,
             bank_size=int(bank_sizes[i]) if i < len(bank_sizes) else 0,
             bank_evicted=int(bank_evicted[i]) if i < len(bank_evicted) else 0,
+            centroid=[xs / a, ys / a] if a else None,
         ))
     return FrameStats(u_mean=fu[0], u_frac_uncertain=fu[1], u_threshold=u_threshold, objects=objects)

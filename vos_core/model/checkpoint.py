@@ -93,7 +93,21 @@ def load_model(
         raise CheckpointError(f"{uri}: tensor shapes do not match: {_listing(wrong)}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
     model.working_size = _working_size(meta, uri)
+    model.quality_model = _quality_model(meta, uri)
     return model.to(device).eval()
+
+
+def _quality_model(meta: dict, uri):
+    """The fitted quality estimator stored with the weights (``vos calibrate``), if any."""
+    state = meta.get("quality")
+    if state is None:
+        return None
+    from ..inference.quality import QualityModel
+
+    try:
+        return QualityModel.from_state(state)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{uri}: its quality calibration cannot be used: {e}") from e
 
 
 def _working_size(meta: dict, uri) -> int | None:
@@ -113,8 +127,14 @@ def save_checkpoint(model: AFBURR, uri: str | os.PathLike, *, epoch: int = 0, lo
     """Saves in the official layout plus our ``config``. ``half`` stores floating
     tensors as fp16 (they are cast back to fp32 on load)."""
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in model.state_dict().items()}
-    ckpt = {"model": state, "epoch": epoch, "loss": float(loss), "seed": seed, "config": model.config.to_dict()}
-    ckpt.update(extra or {})
+    write_checkpoint(uri, state, model.config, {"epoch": epoch, "loss": float(loss), "seed": seed, **(extra or {})},
+                     storage_options)
+
+
+def write_checkpoint(uri: str | os.PathLike, state: dict, config: ModelConfig, meta: dict,
+                     storage_options: dict | None = None) -> None:
+    """Writes ``{'model': state, 'config': ..., **meta}`` (what :func:`read_checkpoint` returns, back)."""
+    ckpt = {**meta, "model": state, "config": config.to_dict()}
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     with fsspec.open(str(uri), "wb", **(storage_options or {})) as f:

@@ -46,6 +46,8 @@ class AFBURR(nn.Module):
         #: The shorter side the weights were trained for (set by ``load_model`` from the checkpoint's
         #: ``working_size``): the Segmenter's default working size. None: the input size.
         self.working_size: int | None = None
+        #: The fitted per-frame quality estimator stored with the weights (set by ``load_model``), or None.
+        self.quality_model = None
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -1,0 +1,112 @@
+"""vos_core.inference.quality: signals on constructed cases, the tree ensemble against scikit-learn, and
+its round trip through a weights-only checkpoint."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vos_core.inference.quality import (SIGNALS, MaskShape, ObjectTrack, QualityModel, fallback_quality,
+                                        object_signals)
+from vos_core.inference.stats import ObjectStats
+
+
+def _stats(area, bbox, u=0.05, p=0.95):
+    return ObjectStats(object_id=1, area=area, bbox=bbox, mean_prob=p if area else None, u_mean=u, u_p95=u * 2,
+                       band_area=int(area * 1.1), bank_size=0, bank_evicted=0)
+
+
+REF = MaskShape(400, [10, 10, 20, 20], (20.0, 20.0))
+
+
+def _signals(area, bbox, centroid, components=1, largest=None, u=0.05, p=0.95, t=10):
+    track = ObjectTrack(REF, 0)
+    return object_signals(_stats(area, bbox, u, p), MaskShape(area, bbox, centroid), track, components,
+                          area if largest is None else largest, t)
+
+
+def test_signals_of_constructed_cases():
+    perfect = _signals(400, [10, 10, 20, 20], (20.0, 20.0))
+    assert set(perfect) == set(SIGNALS)
+    assert perfect["log_area_ref"] == 0 and perfect["log_bbox_ref"] == 0 and perfect["shift_ref"] == 0
+    assert perfect["largest_frac"] == 1 and perfect["empty"] == 0
+    assert perfect["log_frames_since_ref"] == pytest.approx(math.log(11))
+    # the mask leaks onto the background: 4x the area, a box 4x as wide, centre pulled away, in pieces
+    drift = _signals(1600, [0, 10, 80, 25], (45.0, 22.0), components=3, largest=900)
+    assert drift["log_area_ref"] > 1 and drift["log_width_ref"] > 1 and drift["shift_ref"] > 1
+    assert drift["largest_frac"] == pytest.approx(900 / 1600)
+    lost = _signals(0, None, None, components=0, largest=0, u=0.0)
+    assert lost["empty"] == 1 and lost["log_area_ref"] < -5
+    q = [fallback_quality(s) for s in (perfect, drift, lost)]
+    assert q[0] > 0.8 and q[0] > q[1] and q[2] == 0.0 and all(0 <= x <= 1 for x in q)
+
+
+def _fitted(seed=0):
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(300, len(SIGNALS)))
+    y = np.clip(1 / (1 + np.exp(-(x[:, 0] - 0.5 * np.abs(x[:, 5]) + 0.3 * x[:, 2]))), 0, 1)
+    gbr = GradientBoostingRegressor(n_estimators=40, max_depth=3, learning_rate=0.1, random_state=0).fit(x, y)
+    return gbr, x
+
+
+def test_tree_ensemble_predicts_what_scikit_learn_predicts():
+    gbr, x = _fitted()
+    qm = QualityModel.from_sklearn(gbr, SIGNALS)
+    assert np.allclose(qm.predict(x), np.clip(gbr.predict(x), 0, 1), atol=1e-12)
+    s = dict(zip(SIGNALS, x[7]))
+    assert qm(s) == pytest.approx(float(np.clip(gbr.predict(x[7:8]), 0, 1)[0]))
+
+
+def test_quality_model_travels_in_a_weights_only_checkpoint(tmp_path):
+    from vos_core import CheckpointError, load_model
+    from vos_core.model import AFBURR
+    from vos_core.model.checkpoint import write_checkpoint
+    from vos_core.model.config import COMPACT_RESNET18
+
+    gbr, x = _fitted(1)
+    qm = QualityModel.from_sklearn(gbr, SIGNALS, meta={"sequences": ["a", "b"]})
+    model = AFBURR(COMPACT_RESNET18)
+    path = tmp_path / "calibrated.pth"
+    write_checkpoint(path, model.state_dict(), model.config, {"quality": qm.to_state(), "working_size": 240})
+    loaded = load_model(path)  # torch.load(weights_only=True) inside
+    assert loaded.working_size == 240
+    assert np.array_equal(loaded.quality_model.predict(x), qm.predict(x))
+    assert loaded.quality_model.meta["sequences"] == ["a", "b"]
+    from vos_core import Segmenter
+    assert Segmenter(loaded).quality_calibrated and not Segmenter(model).quality_calibrated
+
+    bad = qm.to_state()
+    bad["left"] = torch.full_like(bad["left"], 10**6)  # children out of range
+    write_checkpoint(path, model.state_dict(), model.config, {"quality": bad})
+    with pytest.raises(CheckpointError, match="quality calibration cannot be used"):
+        load_model(path)
+
+
+def test_vos_calibrate_fits_and_stores_an_estimate(tmp_path):
+    """End to end on a tiny DAVIS copy: signals and true J collected, an estimator fitted and written
+    with the weights; the Segmenter then uses it."""
+    from tests.conftest import require_shared
+    from tests.test_training import _tiny_davis
+    from vos_core import Segmenter, load_model
+    from vos_core.model import AFBURR, save_checkpoint
+    from vos_core.model.config import COMPACT_RESNET18
+    from vos_train.calibrate import main
+
+    src = require_shared("davis16-train-240p")
+    data = tmp_path / "davis"
+    for seq in ("bear", "hockey"):
+        _tiny_davis(src, data, seq, 12)
+    torch.manual_seed(0)
+    ckpt, out = tmp_path / "model.pth", tmp_path / "calibrated.pth"
+    save_checkpoint(AFBURR(COMPACT_RESNET18).eval(), ckpt, extra={"working_size": 64})
+    assert main(["--checkpoint", str(ckpt), "--data", str(data), "--sizes", "64,48", "--out", str(out),
+                 "--samples", str(tmp_path / "samples.jsonl")]) == 0
+    lines = (tmp_path / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2 * 11  # sequences x sizes x frames after the first
+    model = load_model(out)
+    assert model.quality_model is not None and model.quality_model.meta["sequences"] == ["bear", "hockey"]
+    assert model.working_size == 64
+    seg = Segmenter(model)
+    assert seg.quality_calibrated
