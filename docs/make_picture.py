@@ -5,7 +5,7 @@
     python docs/make_picture.py --checkpoint my.pth --out /tmp/x.png
 
 Segments jobs/sample_corpus/davis/JPEGImages/judo-a from its annotations with vos_core's
-Segmenter (as `vos segment` does) and draws with jobs.visual (as `vos render` does).
+Segmenter (as `vos segment` does) and draws with jobs.inspect.draw (as `vos render` does).
 Only commit a picture made with trained weights.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ def make_picture(checkpoint: str, frames_uri: str, annotations_uri: str, count: 
     from vos_core import Segmenter, SegmenterConfig, load_model
     from vos_core.io import load_annotations, open_frames
 
-    from jobs.visual import draw_objects, heatmap, hstack, label
+    from jobs.inspect.draw import draw_objects, heatmap, hstack, label
 
     frames = open_frames(frames_uri)
     annotations = load_annotations(annotations_uri, frame_names=frames.names)
@@ -51,8 +51,10 @@ def make_picture(checkpoint: str, frames_uri: str, annotations_uri: str, count: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vos_core.model import SHIPPED_CHECKPOINT
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default=os.path.join(ROOT, "vos_core", "weights", "compact.pth"))
+    p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT)
     p.add_argument("--frames", default=os.path.join(SAMPLE, "JPEGImages", "judo-a"))
     p.add_argument("--annotations", default=os.path.join(SAMPLE, "Annotations", "judo-a"))
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "sample_overlay.png"))
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if "://" not in args.checkpoint and not os.path.exists(args.checkpoint):
         print(f"error: no checkpoint at {args.checkpoint}; pass --checkpoint PATH", file=sys.stderr)
         return 2
-    from jobs.visual import write_png
+    from jobs.inspect.draw import write_png
 
     picture = make_picture(args.checkpoint, args.frames, args.annotations, args.count, args.size or None, args.device)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -1,7 +1,7 @@
 """The three output tables: Arrow schemas and one line of documentation per column.
 
 ``COLUMNS[table]`` is the single source of truth: the Parquet schemas below and
-the column tables in README.md come from it (``python -m jobs.schema``
+the column tables in docs/output-tables.md come from it (``python -m jobs.schema``
 prints the Markdown), and a test checks that every column is documented there.
 """
 from __future__ import annotations
@@ -90,7 +90,8 @@ COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
         ("error", pa.string(), "Why the video failed, naming the file or frame; null when `ok`."),
         ("error_type", pa.string(), "Exception class of the failure (`VideoReadError`, `AnnotationError`, "
          "`WorkerDied` ...); null when `ok`."),
-        ("video_uri", pa.string(), "Frames: the video file or folder, as resolved from the manifest."),
+        ("video_uri", pa.string(), "Frames: the video file or folder, as resolved from the manifest (the sample "
+         "corpus run under `ray job submit`: its copy in the output's `_sample_corpus/`)."),
         ("annotations_uri", pa.string(), "The annotation folder or PNG, as resolved from the manifest."),
         ("start_frame", pa.int32(), "Frame where tracking started (the manifest's `start_frame`, else the first "
          "annotated frame); null when the video failed before it was known."),
@@ -110,8 +111,10 @@ COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
         ("device", pa.string(), "Torch device the video ran on (`cpu`, `cuda:0` ...)."),
         ("model_checksum", pa.string(), "`sha256:<hex>` of the checkpoint file's bytes."),
         ("checkpoint_uri", pa.string(), "The `--checkpoint` URI."),
-        ("settings", pa.string(), "JSON object of the segmentation settings (`size`, `budget`, `merge_thres`, "
-         "`update_rate`, `u_threshold`, `resize_annotations`, ...); query with `json_extract`."),
+        ("settings", pa.string(), "JSON object of every segmentation setting (the fields of "
+         "`vos_core.SegmenterConfig`: `size`, the working size used with these weights, 0 = the input size; "
+         "`budget`, `merge_thres`, `update_rate`, `u_threshold`, `resize_annotations`, `precision` ...); query with "
+         "`json_extract`."),
         ("schema_version", pa.int32(), f"Version of this output schema ({SCHEMA_VERSION})."),
         _RUN_ID,
     ],
@@ -132,10 +135,6 @@ def schema(table: str) -> pa.Schema:
 SCHEMAS = {t: schema(t) for t in TABLES}
 
 
-def empty_table(table: str) -> pa.Table:
-    return SCHEMAS[table].empty_table()
-
-
 def _type_name(t: pa.DataType) -> str:
     if t == OBJECT_STATS:
         return "struct"
@@ -147,7 +146,7 @@ def _type_name(t: pa.DataType) -> str:
 
 
 def markdown(table: str) -> str:
-    """The column table of ``table`` as Markdown (for README.md)."""
+    """The column table of ``table`` as Markdown (for docs/output-tables.md)."""
     lines = ["| column | type | meaning |", "| --- | --- | --- |"]
     for name, typ, doc in COLUMNS[table]:
         lines.append(f"| `{name}` | {_type_name(typ)} | {doc} |")

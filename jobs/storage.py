@@ -97,9 +97,6 @@ class Storage:
         fs, path = fsspec.core.url_to_fs(str(uri), **self.options_for(uri))
         return fs, (path.rstrip("/") or path)
 
-    def describe(self) -> str:
-        return f"S3 endpoint {self.endpoint_url}" if self.endpoint_url else "default S3 endpoint"
-
 
 def add_storage_arguments(parser) -> None:
     """The object-storage options every jobs command takes (an argparse parser or group);

@@ -316,3 +316,22 @@ def assert_same_masks(got: dict, want: dict, what: str = "") -> None:
         assert got[t].shape == want[t].shape, f"{what} frame {t}: shape"
         diff = int((got[t] != want[t]).sum())
         assert diff == 0, f"{what} frame {t}: {diff} pixels differ from the segmenter's mask"
+
+
+# -- results without a model ------------------------------------------------------------------
+
+def fake_result(t: int, object_ids=(0, 1, 2), h=24, w=40, seed=0, annotated=False, with_u=False):
+    """A ``vos_core.FrameResult`` of random probabilities (statistics computed as the segmenter does);
+    ``with_u``: with its U map (stored as ``frames.u_map_png``)."""
+    import torch
+    from vos_core.inference.segmenter import FrameResult
+    from vos_core.inference.stats import compute_stats
+
+    g = torch.Generator().manual_seed(seed * 1000 + t)
+    probs = torch.softmax(torch.randn(len(object_ids), h, w, generator=g) * 3, 0)
+    labels = probs.argmax(0)
+    u = torch.rand(h, w, generator=g)
+    stats = compute_stats(probs, labels, u, list(object_ids), [10] * len(object_ids), [0] * len(object_ids))
+    mask = np.asarray(object_ids, dtype=np.uint16 if max(object_ids) > 255 else np.uint8)[labels.numpy()]
+    return FrameResult(index=t, object_ids=list(object_ids), mask=mask, probs=None,
+                       uncertainty=u.numpy() if with_u else None, stats=stats, annotated=annotated)

@@ -1,10 +1,10 @@
-"""jobs.background.InOrderWorker: the per-frame encoding thread of the job's actors."""
+"""jobs.label.background.InOrderWorker: the per-frame encoding thread of the job's actors."""
 import threading
 import time
 
 import pytest
 
-from jobs.background import InOrderWorker
+from jobs.label.background import InOrderWorker
 
 
 def test_runs_every_call_in_order_off_the_calling_thread():

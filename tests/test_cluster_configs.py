@@ -41,7 +41,7 @@ ENTRYPOINT_MODULE = "jobs.pseudo_label"
 # The job's Ray options (jobs/pseudo_label.py): GPU share per actor, CPUs per actor (default 1),
 # and the actor pool MIN:MAX that Ray Data autoscales within.
 GPUS_OPT, CPUS_OPT, ACTORS_OPT = "--gpus-per-actor", "--cpus-per-actor", "--actors"
-# What README.md (Running at scale) promises as MAX of --actors MIN:MAX at --gpus-per-actor 0.5.
+# What docs/running-at-scale.md promises as MAX of --actors MIN:MAX at --gpus-per-actor 0.5.
 DOCUMENTED_MAX_ACTORS_AT_HALF_GPU = {"aws": 32, "gcp": 28, "kuberay": 16}
 SECRET_PATTERNS = {
     "AWS access key id": re.compile(r"(?<![A-Z0-9])(AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"),
@@ -263,15 +263,16 @@ def actor_options(opts: dict[str, str]) -> tuple[float, float, int, int]:
 
 
 def scale_section() -> str:
-    """The "## Running at scale" section of README.md (up to the next second-level heading)."""
-    text = (ROOT / "README.md").read_text()
-    assert "\n## Running at scale\n" in text, "README.md has no '## Running at scale' section"
-    section = text.split("\n## Running at scale\n", 1)[1]
-    return "## Running at scale\n" + re.split(r"\n## (?!#)", section, maxsplit=1)[0]
+    """docs/running-at-scale.md, the page README.md links for running on clusters."""
+    path = ROOT / "docs" / "running-at-scale.md"
+    assert path.is_file(), "docs/running-at-scale.md is missing"
+    text = path.read_text()
+    assert text.startswith("# Running at scale\n"), "docs/running-at-scale.md lost its title"
+    return text
 
 
 def readme_commands() -> list[str]:
-    """`python -m jobs.pseudo_label ...` command lines from README's "Running at scale" (continuations joined)."""
+    """`python -m jobs.pseudo_label ...` command lines from docs/running-at-scale.md (continuations joined)."""
     text = scale_section().replace("\\\n", " ")
     return [
         line[line.index("python -m") :].strip()
@@ -421,7 +422,7 @@ def test_launcher_gpu_workers_scale_from_zero(name):
 def test_launcher_scheduling(name):
     """Autoscaler v2 (the default for `ray up` since Ray 2.50) places the job's GPU actors on the
     preferred spot type, falls back when it fails, never uses the head, and the cluster's capacity
-    equals the MAX of `--actors MIN:MAX` documented in README.md (Running at scale)."""
+    equals the MAX of `--actors MIN:MAX` documented in docs/running-at-scale.md."""
     prepared = ray_launcher_validate(load_launcher(name))
     workers = {k: v for k, v in prepared["available_node_types"].items() if k != prepared["head_node_type"]}
     by_priority = sorted(workers, key=lambda k: -workers[k].get("priority", 0))
@@ -691,7 +692,7 @@ def test_rayjob_actor_options_fit_gpu_group():
     gpus = gpu_limit(container)
     assert hi == group["maxReplicas"] * gpus / f, "MAX actors must equal the GPU group's actor capacity"
     if f == 0.5:
-        assert hi == DOCUMENTED_MAX_ACTORS_AT_HALF_GPU["kuberay"], "README.md (Running at scale) states another number"
+        assert hi == DOCUMENTED_MAX_ACTORS_AT_HALF_GPU["kuberay"], "docs/running-at-scale.md states another number"
     cpus = float(container["resources"]["limits"]["cpu"])
     assert gpus / f * c <= cpus - 1, "each pod needs --cpus-per-actor per actor plus one to spare"
 
@@ -718,7 +719,7 @@ def test_readme_commands_use_real_module_and_fit_clusters():
     for needle in ("ray up -y cluster/aws-gpu.yaml", "ray get-auth-token", "RAY_AUTH_TOKEN",
                    "kubectl apply -f cluster/kuberay/", "kubectl port-forward", "fps per GPU",
                    "videos × 300 / fps / 3600"):
-        assert needle in text, f"README.md (Running at scale) lacks {needle!r}"
+        assert needle in text, f"docs/running-at-scale.md lacks {needle!r}"
 
 
 # ---------------------------------------------------------------------------------------------

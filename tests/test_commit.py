@@ -1,5 +1,6 @@
-"""The commit protocol of jobs/commit.py, without Ray: names, atomic publication (local and S3),
-retries, failures, resume records, what plain readers and the query views see."""
+"""The commit protocol (jobs/label/commit.py) without Ray: names (jobs/layout.py), the cell codecs,
+atomic publication (local and S3), retries, failures, resume records (jobs/label/run_record.py),
+what plain readers and the query views see."""
 import json
 import posixpath
 import re
@@ -7,27 +8,17 @@ import re
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from jobs import commit as cm
+from jobs import codec
+from jobs import layout as lo
 from jobs import storage as st
-from jobs.query import connect
-from job_helpers import assert_exactly_once, make_bucket, moto_s3, read_table, s3fs_for  # noqa: F401
-from vos_core.inference.segmenter import FrameResult
-from vos_core.inference.stats import compute_stats
+from jobs.label import commit as cm
+from jobs.label import parquet
+from jobs.label import run_record as rr
+from jobs.inspect.read import connect
+from job_helpers import assert_exactly_once, fake_result, make_bucket, moto_s3, read_table, s3fs_for  # noqa: F401
 
 UNSAFE = ["../x", "a/b", "", "..", ".", "/abs", "x" * 10_000, "é/../\n\x01", "shard=01", "a b", "a-b", "a_b"]
-
-
-def fake_result(t: int, object_ids=(0, 1, 2), h=24, w=40, seed=0, annotated=False) -> FrameResult:
-    g = torch.Generator().manual_seed(seed * 1000 + t)
-    probs = torch.softmax(torch.randn(len(object_ids), h, w, generator=g) * 3, 0)
-    labels = probs.argmax(0)
-    u = torch.rand(h, w, generator=g)
-    stats = compute_stats(probs, labels, u, list(object_ids), [10] * len(object_ids), [0] * len(object_ids))
-    mask = np.asarray(object_ids, dtype=np.uint16 if max(object_ids) > 255 else np.uint8)[labels.numpy()]
-    return FrameResult(index=t, object_ids=list(object_ids), mask=mask, probs=None, uncertainty=None, stats=stats,
-                       annotated=annotated)
 
 
 def commit_video(layout, vid, run="r1", frames=3, **kw):
@@ -41,9 +32,9 @@ def commit_video(layout, vid, run="r1", frames=3, **kw):
 
 @pytest.mark.parametrize("vid", UNSAFE, ids=range(len(UNSAFE)))
 def test_video_keys_never_escape(tmp_path, vid):
-    key = cm.video_key(vid)
+    key = lo.video_key(vid)
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,61}", key) and len(key) <= 61
-    layout = cm.Layout(str(tmp_path / "out"), st.Storage())
+    layout = lo.Layout(str(tmp_path / "out"), st.Storage())
     for table in ("masks", "frames", "videos"):
         p = layout.data_path(table, vid)
         assert posixpath.normpath(p) == p and p.startswith(layout.root + f"/{table}/shard=")
@@ -51,23 +42,23 @@ def test_video_keys_never_escape(tmp_path, vid):
 
 
 def test_video_keys_are_unique_and_stable():
-    keys = {cm.video_key(v) for v in UNSAFE}
+    keys = {lo.video_key(v) for v in UNSAFE}
     assert len(keys) == len(UNSAFE)
-    assert cm.video_key("judo-a") == cm.video_key("judo-a") and cm.video_key("judo-a").startswith("judo-a-")
-    assert {cm.shard_of(f"v{i}", 16) for i in range(200)} == set(range(16))
+    assert lo.video_key("judo-a") == lo.video_key("judo-a") and lo.video_key("judo-a").startswith("judo-a-")
+    assert {lo.shard_of(f"v{i}", 16) for i in range(200)} == set(range(16))
 
 
 def test_rle_roundtrip_including_wide_ids():
     mask = np.zeros((7, 9), np.uint16)
     mask[1:4, 2:5] = 300
     mask[5:, :] = 2
-    rles = cm.encode_rles(mask, [2, 300, 7])
+    rles = codec.encode_rles(mask, [2, 300, 7])
     for oid, rle in zip([2, 300, 7], rles):
-        assert np.array_equal(cm.decode_rle(rle, 7, 9), (mask == oid).astype(np.uint8))
+        assert np.array_equal(codec.decode_rle(rle, 7, 9), (mask == oid).astype(np.uint8))
 
 
 def test_commit_writes_three_tables(tmp_path):
-    layout = cm.Layout(str(tmp_path / "out"), st.Storage())
+    layout = lo.Layout(str(tmp_path / "out"), st.Storage())
     row, results = commit_video(layout, "../evil", frames=4)
     out = str(tmp_path / "out")
     by_id = assert_exactly_once(out, {"../evil"})
@@ -76,7 +67,7 @@ def test_commit_writes_three_tables(tmp_path):
     assert [(m["frame_index"], m["object_id"]) for m in masks] == [(t, o) for t in range(4) for o in (1, 2)]
     for m in masks:
         r = results[m["frame_index"]]
-        assert np.array_equal(cm.decode_rle(m["rle"], m["height"], m["width"]), (r.mask == m["object_id"]))
+        assert np.array_equal(codec.decode_rle(m["rle"], m["height"], m["width"]), (r.mask == m["object_id"]))
         o = r.stats.object(m["object_id"])
         assert m["area"] == o.area and m["bbox"] == o.bbox
         assert m["mean_prob"] == pytest.approx(o.mean_prob, rel=1e-6)
@@ -91,8 +82,8 @@ def test_commit_writes_three_tables(tmp_path):
 
 
 def test_row_groups_bound_memory(tmp_path, monkeypatch):
-    monkeypatch.setitem(cm.ROW_GROUP_ROWS, "masks", 3)
-    layout = cm.Layout(str(tmp_path / "out"), st.Storage())
+    monkeypatch.setitem(parquet.ROW_GROUP_ROWS, "masks", 3)
+    layout = lo.Layout(str(tmp_path / "out"), st.Storage())
     commit_video(layout, "long", frames=5)
     md = pq.ParquetFile(layout.data_path("masks", "long")).metadata
     assert md.num_rows == 10 and md.num_row_groups == 4
@@ -100,7 +91,7 @@ def test_row_groups_bound_memory(tmp_path, monkeypatch):
 
 def test_retry_overwrites_and_crash_before_record_is_invisible_to_views(tmp_path):
     out = str(tmp_path / "out")
-    layout = cm.Layout(out, st.Storage())
+    layout = lo.Layout(out, st.Storage())
     # attempt 1 publishes its data files, then "dies" before its commit record
     vc = cm.VideoCommit(layout, "v", "r1")
     vc.begin()
@@ -111,19 +102,19 @@ def test_retry_overwrites_and_crash_before_record_is_invisible_to_views(tmp_path
     con = connect(out)
     assert con.sql("select count(*) from masks").fetchall()[0][0] == 0  # not committed: views hide it
     assert con.sql("select count(*) from masks_all").fetchall()[0][0] == 6  # a plain glob sees the whole file
-    assert cm.committed(layout, "r1") == {}
+    assert rr.committed(layout, "r1") == {}
     # attempt 2 (the retry) commits: same file names, rows once, attempt 2's rows
     row, _ = commit_video(layout, "v", frames=3)
     assert row["attempts"] == 2
     by_id = assert_exactly_once(out, {"v"})
     assert by_id["v"]["attempt"] == row["attempt"] != vc.attempt
     assert connect(out).sql("select count(*) from masks").fetchall()[0][0] == 6
-    assert cm.committed(layout, "r1") == {"v": "ok"}
+    assert rr.committed(layout, "r1") == {"v": "ok"}
 
 
 def test_failure_removes_earlier_rows_and_records_reason(tmp_path):
     out = str(tmp_path / "out")
-    layout = cm.Layout(out, st.Storage())
+    layout = lo.Layout(out, st.Storage())
     commit_video(layout, "v")  # e.g. a previous crashed attempt's files (and even a record)
     vc = cm.VideoCommit(layout, "v", "r1")
     vc.begin()
@@ -132,7 +123,7 @@ def test_failure_removes_earlier_rows_and_records_reason(tmp_path):
     assert row["status"] == "failed" and row["frames"] == 0
     by_id = assert_exactly_once(out, set())
     assert by_id["v"]["error"] == "x.png: cannot decode" and by_id["v"]["error_type"] == "AnnotationError"
-    assert cm.committed(layout, "r1") == {"v": "failed"}
+    assert rr.committed(layout, "r1") == {"v": "failed"}
     assert not list((tmp_path / "out" / "_staging").glob("*"))
 
 
@@ -147,25 +138,25 @@ def test_abort_publishes_nothing_locally(tmp_path):
 
 
 def test_run_record_resume_rules(tmp_path):
-    layout = cm.Layout(str(tmp_path / "out"), st.Storage())
-    run_id, resumed = cm.open_run(layout, None, {"settings": {"size": 1}, "model_checksum": "sha256:a"})
+    layout = lo.Layout(str(tmp_path / "out"), st.Storage())
+    run_id, resumed = rr.open_run(layout, None, {"settings": {"size": 1}, "model_checksum": "sha256:a"})
     assert not resumed and run_id
-    assert cm.open_run(layout, None, {"settings": {"size": 1}, "model_checksum": "sha256:a"}) == (run_id, True)
-    assert cm.open_run(layout, run_id, {"settings": {"size": 1}, "model_checksum": "sha256:a"}) == (run_id, True)
-    with pytest.raises(cm.OutputError, match="already holds run"):
-        cm.open_run(layout, "other", {})
-    with pytest.raises(cm.OutputError, match="settings"):
-        cm.open_run(layout, run_id, {"settings": {"size": 2}, "model_checksum": "sha256:a"})
-    with pytest.raises(cm.OutputError, match="model_checksum"):
-        cm.open_run(layout, run_id, {"settings": {"size": 1}, "model_checksum": "sha256:b"})
-    with pytest.raises(cm.OutputError, match="shards"):
-        cm.open_run(cm.Layout(layout.uri, st.Storage(), shards=4), run_id, {})
+    assert rr.open_run(layout, None, {"settings": {"size": 1}, "model_checksum": "sha256:a"}) == (run_id, True)
+    assert rr.open_run(layout, run_id, {"settings": {"size": 1}, "model_checksum": "sha256:a"}) == (run_id, True)
+    with pytest.raises(rr.OutputError, match="already holds run"):
+        rr.open_run(layout, "other", {})
+    with pytest.raises(rr.OutputError, match="settings"):
+        rr.open_run(layout, run_id, {"settings": {"size": 2}, "model_checksum": "sha256:a"})
+    with pytest.raises(rr.OutputError, match="model_checksum"):
+        rr.open_run(layout, run_id, {"settings": {"size": 1}, "model_checksum": "sha256:b"})
+    with pytest.raises(rr.OutputError, match="shards"):
+        rr.open_run(lo.Layout(layout.uri, st.Storage(), shards=4), run_id, {})
 
 
 def test_commit_on_s3_is_atomic(moto_s3):  # noqa: F811
     fs = make_bucket(moto_s3, "commit-test")
     storage = st.Storage(endpoint_url=moto_s3)
-    layout = cm.Layout("s3://commit-test/out", storage)
+    layout = lo.Layout("s3://commit-test/out", storage)
     commit_video(layout, "a/b", frames=2)
     # an aborted multipart upload (> 1 part) leaves no object behind
     af = st.AtomicFile(fs, "commit-test/out/masks/shard=00/big.parquet", "unused", block_size=5 * 2**20)
@@ -176,16 +167,16 @@ def test_commit_on_s3_is_atomic(moto_s3):  # noqa: F811
     fs.invalidate_cache()
     assert not fs.exists("commit-test/out/masks/shard=00/big.parquet")  # ...and nothing was published
     assert_exactly_once("s3://commit-test/out", {"a/b"}, filesystem=s3fs_for(moto_s3))
-    assert cm.committed(layout, "r1") == {"a/b": "ok"}
+    assert rr.committed(layout, "r1") == {"a/b": "ok"}
     assert not fs.exists("commit-test/out/_staging")
 
 
 def test_every_column_is_documented():
-    """README's column tables are the ones jobs.schema generates (`python -m jobs.schema`)."""
+    """docs/output-tables.md's column tables are the ones jobs.schema generates (`python -m jobs.schema`)."""
     from jobs.schema import COLUMNS, markdown
     from job_helpers import ROOT
 
-    docs = (ROOT / "README.md").read_text()
+    docs = (ROOT / "docs" / "output-tables.md").read_text()
     for table, cols in COLUMNS.items():
         assert markdown(table) in docs, f"the {table} column table in the docs is not jobs.schema's (python -m jobs.schema)"
         for name, _, doc in cols:

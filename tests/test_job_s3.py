@@ -11,7 +11,7 @@ import pytest
 
 from jobs import pseudo_label
 from jobs import storage as st
-from jobs.manifest import load_manifest
+from jobs.label.manifest import load_manifest
 from jobs.query import connect
 from jobs.query import main as query_main
 from job_helpers import (FAST, S3_ENV, SAMPLE, assert_exactly_once, assert_same_masks, compact_ckpt,  # noqa: F401

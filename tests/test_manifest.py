@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import storage as st
-from jobs.manifest import ManifestError, VideoTask, load_manifest, write_manifest
+from jobs.label.manifest import ManifestError, VideoTask, load_manifest, write_manifest
 from job_helpers import SAMPLE, make_bucket, moto_s3  # noqa: F401  (fixture)
 
 ROWS = [

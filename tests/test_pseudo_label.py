@@ -11,12 +11,13 @@ import pytest
 
 from conftest import require_shared
 from jobs import pseudo_label
-from jobs.manifest import load_manifest
+from jobs.label.manifest import load_manifest
 from jobs.query import connect, decode_video
 from jobs.query import main as query_main
 from job_helpers import (FAST, SAMPLE, assert_exactly_once, assert_same_masks, compact_ckpt,  # noqa: F401
                          job_masks, ray_runtime, read_table, reference_masks, write_mask)
 from vos_core.io import read_id_map
+from vos_core.model import SHIPPED_CHECKPOINT
 
 pytestmark = pytest.mark.slow
 
@@ -81,11 +82,10 @@ def test_rerun_same_run_id_skips_committed(ray_runtime, compact_ckpt, tmp_path, 
     assert "already holds run 'r1'" in capsys.readouterr().err
 
 
-def test_embedded_default(ray_runtime, compact_ckpt, tmp_path, monkeypatch, capsys):
-    """`python -m jobs.pseudo_label` with no arguments (the shipped weights swapped for a random
-    checkpoint when they are not in this checkout)."""
-    if not os.path.exists(pseudo_label.DEFAULT_CHECKPOINT):
-        monkeypatch.setattr(pseudo_label, "DEFAULT_CHECKPOINT", str(compact_ckpt))
+def test_embedded_default(ray_runtime, tmp_path, monkeypatch, capsys):
+    """`python -m jobs.pseudo_label` with no arguments: the sample corpus, the shipped weights."""
+    if not os.path.exists(SHIPPED_CHECKPOINT):
+        pytest.skip(f"the shipped weights are not in this checkout: {SHIPPED_CHECKPOINT}")
     monkeypatch.chdir(tmp_path)
     assert pseudo_label.main([]) == 0
     text = capsys.readouterr().out

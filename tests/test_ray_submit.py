@@ -1,5 +1,7 @@
 """The job as users run it on a cluster: a real `ray start --head` (token authentication) and
-`ray job submit --working-dir <repo> -- python -m jobs.pseudo_label ...`, then its outputs checked.
+`ray job submit --working-dir <repo> -- python -m jobs.pseudo_label ...` on the default (sample)
+manifest, then its outputs checked after the cluster is gone: the videos it records must still be
+there (Ray's copy of the working dir is temporary), and no alarming Ray line was printed.
 
 The cluster is stopped by ending exactly the processes it consists of (its `ray start --block`
 process group, then any process still running under its private --temp-dir), not with
@@ -9,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -17,7 +20,7 @@ import pytest
 
 from job_helpers import (ROOT, SAMPLE, assert_exactly_once, assert_same_masks, compact_ckpt,  # noqa: F401
                          free_port, job_masks, ray_cli, reference_masks, session_token_env, wait_for)
-from jobs.manifest import load_manifest
+from jobs.label.manifest import load_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +100,7 @@ def test_ray_job_submit(compact_ckpt, tmp_path, tmp_path_factory):  # noqa: F811
         assert head.poll() is None, (tmp_path / "ray_start.log").read_text()
         cmd = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash_port}", "--working-dir", str(ROOT),
                "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--",
-               "python", "-m", "jobs.pseudo_label", "--manifest", str(SAMPLE / "manifest.csv"), "--output", str(out),
+               "python", "-m", "jobs.pseudo_label", "--output", str(out),
                "--checkpoint", str(compact_ckpt), "--actors", "1:2", "--size", "48", "--budget", "20000",
                "--run-id", "submitted", "--fail-on-error"]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
@@ -105,6 +108,8 @@ def test_ray_job_submit(compact_ckpt, tmp_path, tmp_path_factory):  # noqa: F811
         assert r.returncode == 0, text
         assert "succeeded" in text, text
         assert "run submitted: 3 ok, 0 failed" in text  # the driver's summary, streamed back by `ray job submit`
+        assert "constructor arguments in the object store" not in text  # Ray Data's harmless warning: filtered
+        assert "_ray_pkg_" in text  # the driver did run from Ray's temporary package (so the copy below matters)
         # the same token is what let the client in: without it the dashboard refuses the request
         no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
         no_token["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "missing_token")
@@ -117,6 +122,11 @@ def test_ray_job_submit(compact_ckpt, tmp_path, tmp_path_factory):  # noqa: F811
         finally:
             log.close()
             shutil.rmtree(temp_dir, ignore_errors=True)
-    assert_exactly_once(str(out), {"judo-a", "judo-b", "judo-mp4"})
+    videos = assert_exactly_once(str(out), {"judo-a", "judo-b", "judo-mp4"})
+    for v in videos.values():  # recorded inside the output (the sample corpus copied there), still there
+        assert v["video_uri"].startswith(str(out / "_sample_corpus")) and os.path.exists(v["video_uri"]), v
     t = load_manifest(str(SAMPLE / "manifest.csv"))[1]
     assert_same_masks(job_masks(str(out), t.video_id), reference_masks(compact_ckpt, t.video_uri, t.annotations_uri))
+    render = subprocess.run([sys.executable, "-m", "jobs.render", "--output", str(out), "--video", "judo-b", "--to",
+                             str(tmp_path / "judo-b") + "/"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert render.returncode == 0 and "wrote 11 frame(s)" in render.stdout, render.stderr

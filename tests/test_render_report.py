@@ -10,14 +10,18 @@ import cv2
 import numpy as np
 import pytest
 
-from jobs import commit as cm
 from jobs import pseudo_label
 from jobs import storage as st
 from jobs.cli import main as vos_main
-from jobs.query import connect
-from jobs.render import RenderError, render_video
-from jobs.report import RULE_JUMP, RULE_LOST, RULE_SPIKE, flag_frames, robust_z, write_report
-from jobs.visual import FILL_ALPHA, decode_u_map, heatmap, object_colour
+from jobs.codec import decode_u_map
+from jobs.inspect.draw import FILL_ALPHA, heatmap, object_colour
+from jobs.inspect.flags import RULE_JUMP, RULE_LOST, RULE_SPIKE, flag_frames, robust_z
+from jobs.inspect.read import ReadError, connect
+from jobs.inspect.render import RenderError, render_video
+from jobs.inspect.report import write_report
+from jobs.label.commit import VideoCommit
+from jobs.label.run_record import open_run
+from jobs.layout import Layout
 from job_helpers import FAST, ROOT, SAMPLE, compact_ckpt, job_masks, ray_runtime  # noqa: F401 (fixtures)
 from vos_core.io import open_frames
 
@@ -155,9 +159,9 @@ def test_render_mp4_and_gif(job_output, tmp_path):
 
 @pytest.mark.slow
 def test_render_refuses_what_it_cannot_draw(job_output, tmp_path):
-    with pytest.raises(RenderError, match="failed"):
+    with pytest.raises(ReadError, match="failed"):
         render_video(job_output, BROKEN, str(tmp_path / "x.mp4"))
-    with pytest.raises(RenderError, match="no such video"):
+    with pytest.raises(ReadError, match="no such video"):
         render_video(job_output, "nope", str(tmp_path / "x.mp4"))
     with pytest.raises(RenderError, match=r"\.mp4 or \.gif"):
         render_video(job_output, "judo-a", str(tmp_path / "x.avi"))
@@ -239,8 +243,8 @@ def u_output(compact_ckpt, tmp_path_factory):
     from vos_core.io import load_annotations
 
     out = str(tmp_path_factory.mktemp("u_out") / "out")
-    layout = cm.Layout(out, st.Storage())
-    cm.open_run(layout, "u", {"settings": {"size": 48}})
+    layout = Layout(out, st.Storage())
+    open_run(layout, "u", {"settings": {"size": 48}})
     frames_uri = str(SAMPLE / "davis" / "JPEGImages" / "judo-b")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -248,7 +252,7 @@ def u_output(compact_ckpt, tmp_path_factory):
         seg = Segmenter(load_model(str(compact_ckpt)), size=48, budget=20000, keep_probs=True)
         frames = open_frames(frames_uri)
         ann = load_annotations(str(SAMPLE / "davis" / "Annotations" / "judo-b"), frame_names=frames.names)
-        vc = cm.VideoCommit(layout, "judo-b", "u")
+        vc = VideoCommit(layout, "judo-b", "u")
         vc.begin()
         u_maps = {}
         for r in seg.run(frames, ann):
@@ -287,7 +291,7 @@ def test_frames_rows_without_a_u_map_store_null(tmp_path):
     probs = torch.softmax(torch.randn(2, 12, 20, generator=torch.Generator().manual_seed(0)), 0)
     labels = probs.argmax(0)
     stats = compute_stats(probs, labels, torch.rand(12, 20), [0, 1], [10, 10], [0, 0])
-    vc = cm.VideoCommit(cm.Layout(str(tmp_path / "out"), st.Storage()), "v", "r")
+    vc = VideoCommit(Layout(str(tmp_path / "out"), st.Storage()), "v", "r")
     vc.begin()
     vc.add(FrameResult(index=0, object_ids=[0, 1], mask=labels.numpy().astype(np.uint8), probs=None,
                        uncertainty=None, stats=stats, annotated=True), "00000")

@@ -1,7 +1,7 @@
-"""Drawing pseudo-labels: object colours, mask overlays with contours, the uncertainty heatmap,
-and the small U-map PNG that the job stores per frame (``frames.u_map_png``).
+"""Drawing pseudo-labels: object colours, mask overlays with contours, the uncertainty heatmap.
 
-Pure numpy/OpenCV on H×W×3 uint8 RGB arrays; no Parquet, no Ray."""
+Pure numpy/OpenCV on H×W×3 uint8 RGB arrays; no Parquet, no Ray. (The stored U-map PNG itself
+is jobs/codec.py's.)"""
 from __future__ import annotations
 
 import functools
@@ -9,38 +9,11 @@ import functools
 import cv2
 import numpy as np
 
-#: Longest side of the stored U map: enough to see where the model hesitates, a few kB per frame.
-U_MAP_MAX_SIDE = 128
 #: Weight of the object colour inside its mask.
 FILL_ALPHA = 0.5
 #: At most this much heatmap over the frame where U = 1 (``--uncertainty blend``).
 BLEND_ALPHA = 0.7
 UNCERTAINTY_MODES = ("beside", "blend", "none")
-
-
-# -- the stored U map --------------------------------------------------------------------
-
-def encode_u_map(u: np.ndarray, max_side: int = U_MAP_MAX_SIDE) -> bytes:
-    """The H×W U map (values in (0, 1]) as an 8-bit grey PNG whose longest side is at most
-    ``max_side`` (area-averaged: a thin uncertain band stays visible as a fainter line)."""
-    u = np.nan_to_num(np.asarray(u, dtype=np.float32), nan=1.0)
-    h, w = u.shape
-    scale = min(1.0, max_side / max(h, w))
-    if scale < 1.0:
-        u = cv2.resize(u, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    grey = np.clip(np.rint(u * 255.0), 0, 255).astype(np.uint8)
-    ok, png = cv2.imencode(".png", grey, [cv2.IMWRITE_PNG_COMPRESSION, 6])
-    if not ok:
-        raise ValueError("cannot encode the U map as PNG")
-    return png.tobytes()
-
-
-def decode_u_map(png: bytes) -> np.ndarray:
-    """The stored U map as float32 in [0, 1], at its stored (small) size."""
-    grey = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if grey is None:
-        raise ValueError("u_map_png is not a readable PNG")
-    return grey.astype(np.float32) / 255.0
 
 
 # -- colours -----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 A manifest is a Parquet, CSV or JSON Lines file (local or any fsspec URL) with columns
 
 * ``video_id`` (required, non-empty, unique): any string; it is kept as is in the output rows
-  (file names use a safe key derived from it, see jobs.commit.video_key);
+  (file names use a safe key derived from it, see jobs.layout.video_key);
 * ``video_uri`` (required): an mp4/avi/... file or a folder of frames;
 * ``annotations_uri`` (required): a folder of id-map PNGs named by frame (``00000.png``),
   or one PNG: the mask of frame ``start_frame`` (0 unless given);
@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.parquet as pq
 
-from . import storage as st
+from .. import storage as st
+from ..errors import BadInput
 
 REQUIRED = ("video_id", "video_uri", "annotations_uri")
 OPTIONAL = ("start_frame",)
@@ -37,7 +38,7 @@ FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "js
            ".json": "jsonl"}
 
 
-class ManifestError(ValueError):
+class ManifestError(BadInput):
     """The manifest cannot be used; the message names the file and the row."""
 
 

@@ -1,0 +1,11 @@
+"""The read side: what a finished (or running) run holds, and ways to look at it.
+
+    read.py     the read layer: open a run, DuckDB views (committed rows), one video's labels,
+                its frames reopened, RLE decoding, frame file names
+    export.py   a video's masks back to id-map PNGs (`jobs.query --decode-video`)
+    draw.py     drawing: object colours, overlays with contours, the U heatmap (numpy/OpenCV)
+    render.py   one video as mp4, GIF or PNGs (`vos render`)
+    flags.py    the rules that flag frames whose labels are probably wrong (pure functions)
+    report.py   the static HTML report of a run (`vos report`), its plots and thumbnails
+    page.py     the report's HTML
+"""

@@ -1,0 +1,204 @@
+"""The read layer: everything query, render, report and export know about reading a run.
+
+* ``open_layout(output)``: the run's ``Layout`` (its shard count from ``_run.json``);
+* ``connect(output)``: DuckDB with the views ``videos`` (every record), ``masks`` and ``frames``
+  (committed rows only: those whose ``(video_id, attempt)`` match a ``videos`` row with
+  ``status = 'ok'``, see jobs/label/commit.py), ``masks_all`` and ``frames_all`` (every data
+  file, as a plain glob reads it). Each view has ``shard`` (the hive partition, e.g. ``'07'``).
+  Remote outputs are read through fsspec (``duckdb.register_filesystem``): no DuckDB extension
+  is downloaded;
+* ``load_labels(layout, video_id)``: one committed video's frames and masks from its own files
+  (no scan of the run), and ``labelled_frames`` to reopen its frames beside them;
+* ``decode_rle``, ``png_name``: a mask row to pixels, a frame to a file name.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .. import storage as st
+from ..codec import decode_rle  # noqa: F401  (part of the read layer)
+from ..errors import BadInput
+from ..layout import DEFAULT_SHARDS, Layout, read_run
+from ..schema import SCHEMAS, TABLES
+
+
+class ReadError(BadInput):
+    """What was asked for is not in the output (no run there, an unknown or failed video ...)."""
+
+
+def _sql_str(s: str) -> str:
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def png_name(frame_name: str | None, frame_index: int) -> str:
+    """The file name of a frame's PNG: its own name when that is a safe file name, else its index."""
+    if frame_name and re.fullmatch(r"[A-Za-z0-9_.-]+", frame_name) and frame_name not in (".", ".."):
+        return f"{frame_name}.png"
+    return f"{frame_index:05d}.png"
+
+
+def open_layout(output: str, storage: st.Storage | None = None) -> Layout:
+    """The ``Layout`` of the run at ``output``, with the shard count its ``_run.json`` records."""
+    storage = storage or st.Storage.from_env()
+    layout = Layout(output, storage)
+    run = read_run(layout)
+    if run is None:
+        if not any(layout.table_files(t) for t in TABLES):
+            raise ReadError(f"{layout.url()}: no pseudo-label output here (no _run.json, no tables)")
+        run = {}
+    return Layout(output, storage, shards=int(run.get("shards", DEFAULT_SHARDS)))
+
+
+def connect(output: str, storage: st.Storage | None = None, con=None):
+    """A DuckDB connection with the views ``videos``, ``masks``, ``frames`` (committed rows),
+    ``masks_all`` and ``frames_all`` over the dataset at ``output``."""
+    import duckdb
+    import pyarrow as pa
+
+    layout = open_layout(output, storage)
+    con = con or duckdb.connect()
+    if not st.is_local(layout.fs):
+        con.register_filesystem(layout.fs)
+    for table in TABLES:
+        raw = "videos" if table == "videos" else f"{table}_all"
+        if layout.table_files(table):
+            src = f"read_parquet({_sql_str(layout.url(table, '**', '*.parquet'))}, hive_partitioning = true)"
+        else:  # no file yet: an empty view with the documented columns
+            con.register(f"_empty_{table}", SCHEMAS[table].empty_table().append_column("shard", pa.array([], pa.string())))
+            src = f"_empty_{table}"
+        con.execute(f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM {src}")
+    for table in ("masks", "frames"):
+        con.execute(f"""
+            CREATE OR REPLACE VIEW {table} AS
+            SELECT t.* FROM {table}_all AS t
+            SEMI JOIN (SELECT video_id, attempt FROM videos WHERE status = 'ok') AS c
+              ON t.video_id = c.video_id AND t.attempt = c.attempt""")
+    return con
+
+
+def query(output: str, sql: str, storage: st.Storage | None = None):
+    """Runs ``sql`` over the views; returns a pyarrow Table (empty for a statement without a result)."""
+    import pyarrow as pa
+
+    rel = connect(output, storage).sql(sql)
+    return pa.table({}) if rel is None else rel.to_arrow_table()
+
+
+# -- one video ---------------------------------------------------------------------------------
+
+@dataclass
+class FrameLabels:
+    index: int
+    name: str | None
+    masks: list[tuple[int, str]] = field(default_factory=list)  # (object_id, RLE) of non-empty masks
+    u_map_png: bytes | None = None
+
+
+@dataclass
+class VideoLabels:
+    video_id: str
+    video_uri: str
+    height: int
+    width: int
+    frames: list[FrameLabels]
+
+    @property
+    def has_u_maps(self) -> bool:
+        return any(f.u_map_png is not None for f in self.frames)
+
+    def decoded(self, frame: FrameLabels) -> list[tuple[int, np.ndarray]]:
+        return [(oid, decode_rle(rle, self.height, self.width)) for oid, rle in frame.masks]
+
+
+def _read_video_file(layout: Layout, table: str, video_id: str, columns: list[str]):
+    """The rows of one video's file of ``table`` (one file per video: no scan of the whole run)."""
+    import pyarrow.parquet as pq
+
+    path = layout.data_path(table, video_id)
+    if not layout.fs.exists(path):
+        return None
+    # by path and filesystem, not from a Python file object: reading one of those on pyarrow's
+    # threads while torch is loaded can abort the process at exit ("terminate called ...")
+    names = pq.read_schema(path, filesystem=layout.fs).names
+    present = [c for c in columns if c in names]  # older outputs lack newer columns
+    return pq.read_table(path, filesystem=layout.fs, columns=present)
+
+
+def _rows_of(table, attempt: str, frame_indices):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keep = pc.equal(table["attempt"], attempt)
+    if frame_indices is not None:
+        wanted = pa.array(sorted(set(map(int, frame_indices))), pa.int32())
+        keep = pc.and_(keep, pc.is_in(table["frame_index"], value_set=wanted))
+    return table.filter(keep)
+
+
+def load_labels(layout: Layout, video_id: str, frame_indices: list[int] | None = None) -> VideoLabels:
+    """One committed video's frames and masks (``frame_indices``: only these frames) from its own
+    files under ``layout`` (``open_layout``): only rows of the attempt its ``videos`` record
+    committed, as the ``masks``/``frames`` views keep."""
+    rec = _read_video_file(layout, "videos", video_id, ["status", "error", "video_uri", "height", "width", "attempt"])
+    if rec is None or not rec.num_rows:
+        raise ReadError(f"{video_id!r}: no such video in {layout.url()}")
+    status, error, video_uri, height, width, attempt = (rec[c][0].as_py() for c in rec.column_names)
+    if status != "ok":
+        raise ReadError(f"{video_id!r}: the video failed ({error}), it has no labels")
+    ft = _read_video_file(layout, "frames", video_id, ["frame_index", "frame_name", "u_map_png", "attempt"])
+    mt = _read_video_file(layout, "masks", video_id, ["frame_index", "object_id", "rle", "area", "attempt"])
+    if ft is None or mt is None:
+        raise ReadError(f"{video_id!r}: committed, but its frames or masks file is missing from {layout.url()}")
+    ft, mt = _rows_of(ft, attempt, frame_indices), _rows_of(mt, attempt, frame_indices)
+    pngs = ft["u_map_png"].to_pylist() if "u_map_png" in ft.column_names else [None] * ft.num_rows
+    frames = {i: FrameLabels(i, name, [], png)
+              for i, name, png in zip(ft["frame_index"].to_pylist(), ft["frame_name"].to_pylist(), pngs)}
+    for i, oid, rle, area in zip(*(mt[c].to_pylist() for c in ("frame_index", "object_id", "rle", "area"))):
+        if area:
+            frames[i].masks.append((oid, rle))
+    for f in frames.values():
+        f.masks.sort()
+    return VideoLabels(video_id, video_uri, height, width, [frames[i] for i in sorted(frames)])
+
+
+def frames_at(source, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, RGB) of the frames ``indices`` (sorted): read directly from a folder, decoded in
+    order (stopping after the last one) from a video file."""
+    if not indices:
+        return
+    if hasattr(source, "read"):  # a folder of images: random access
+        for i in indices:
+            if i >= len(source):
+                raise ReadError(f"{source.uri}: has {len(source)} frames, but the labels reach frame {indices[-1]}")
+            yield i, source.read(i)
+        return
+    wanted = iter(indices)
+    nxt = next(wanted)
+    with contextlib.closing(iter(source)) as decoded:
+        for i, rgb in enumerate(decoded):
+            if i == nxt:
+                yield i, rgb
+                nxt = next(wanted, None)
+                if nxt is None:
+                    return
+    raise ReadError(f"{source.uri}: the video ends before frame {nxt}, which has labels")
+
+
+def labelled_frames(labels: VideoLabels, storage: st.Storage | None = None) -> Iterator[tuple[FrameLabels, np.ndarray]]:
+    """(frame labels, RGB frame) for each labelled frame, in order, the frames reopened from
+    ``videos.video_uri``; a frame whose size differs from its labels is refused."""
+    from vos_core.io import open_frames
+
+    storage = storage or st.Storage.from_env()
+    by_index = {f.index: f for f in labels.frames}
+    with open_frames(labels.video_uri, storage_options=storage.options_for(labels.video_uri)) as source:
+        for i, rgb in frames_at(source, sorted(by_index)):
+            if rgb.shape[:2] != (labels.height, labels.width):
+                raise ReadError(f"{labels.video_uri}: frame {i} is {rgb.shape[1]}x{rgb.shape[0]}, but its labels "
+                                f"are {labels.width}x{labels.height} (the video changed since it was labelled?)")
+            yield by_index[i], rgb

@@ -1,0 +1,160 @@
+"""The driver: ``run(JobOptions)`` reads the manifest, checks the checkpoint, opens (or resumes)
+the run, runs the actor pool over the videos still to do, prints progress and the summary.
+
+How it runs (the Ray Data offline batch inference pattern, jobs/label/pool.py): the manifest
+becomes a dataset of one row per video, in one block per video; ``map_batches`` with a class
+(jobs/label/worker.py) and ``batch_size=1`` runs it on an actor pool of ``--actors MIN:MAX``
+actors, each holding the model (loaded once) and segmenting the videos it is given one after
+another. Each video's rows are written and committed by the actor that segmented it
+(jobs/label/commit.py); only a one-line summary per video comes back here. An actor that dies
+is restarted and its video retried (``max_restarts``/``max_task_retries``); a restarted driver
+with the same ``--run-id`` skips the committed videos.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, replace
+
+from .. import storage as st
+from ..errors import EXIT_OK, EXIT_VIDEOS_FAILED
+from ..layout import Layout
+from . import inputs
+from .commit import clear_staging, write_failed
+from .manifest import VideoTask
+from .options import DEFAULT_OUTPUT_ROOT, JobOptions
+from .progress import Progress
+from .run_record import OutputError, committed, new_run_id, open_run
+from .worker import WorkerConfig
+
+#: Failures listed after the summary line.
+FAILURES_SHOWN = 20
+
+
+@dataclass
+class Plan:
+    """What this invocation does: the run, its settings, and the videos still to do."""
+
+    run_id: str
+    resumed: bool
+    layout: Layout
+    manifest: str
+    worker: WorkerConfig
+    tasks: list[VideoTask]
+    pending: list[VideoTask]
+
+
+def checksum(uri: str, storage: st.Storage) -> str:
+    fs, path = storage.resolve(uri)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def check_checkpoint(options: JobOptions, storage: st.Storage) -> tuple[str, dict]:
+    """Loads the checkpoint on the driver (a clear error before any actor starts). Returns its
+    checksum and the segmenter settings as they will run: every field, ``size`` resolved to the
+    working size used with these weights (0: the input size)."""
+    from vos_core import CheckpointError, load_model
+    from vos_core.model import SHIPPED_CHECKPOINT
+
+    if options.checkpoint == SHIPPED_CHECKPOINT and not os.path.exists(SHIPPED_CHECKPOINT):
+        raise CheckpointError(f"{SHIPPED_CHECKPOINT}: the shipped weights are not in this checkout; pass --checkpoint URI")
+    model = load_model(options.checkpoint, device="cpu", storage_options=storage.options_for(options.checkpoint))
+    config = options.segmenter.replace(size=options.segmenter.working_size_for(model) or 0)
+    return checksum(options.checkpoint, storage), config.to_dict()
+
+
+def _layout(options: JobOptions, storage: st.Storage) -> tuple[Layout, str | None]:
+    run_id, output = options.run_id, options.output
+    if output is None:
+        run_id = run_id or new_run_id()
+        output = os.path.join(DEFAULT_OUTPUT_ROOT, run_id)
+    package = inputs.ray_package_root()
+    if inputs.inside(output, package):
+        raise OutputError(inputs.temporary_package_message("--output", output, package))
+    return Layout(output, storage, shards=options.shards), run_id
+
+
+def plan(options: JobOptions) -> Plan:
+    """Everything checked before Ray starts: manifest, checkpoint, output and run record."""
+    storage = options.storage()
+    tasks = inputs.load_tasks(options.manifest, storage, options.davis_resolution, options.limit)
+    model_checksum, settings = check_checkpoint(options, storage)
+    layout, run_id = _layout(options, storage)
+    manifest = options.manifest
+    if inputs.needs_sample_copy(manifest):
+        manifest = layout.url(inputs.SAMPLE_COPY, "manifest.csv")
+    run_id, resumed = open_run(layout, run_id, {"model_checksum": model_checksum, "settings": settings,
+                                                "checkpoint_uri": options.checkpoint, "manifest": manifest})
+    if manifest != options.manifest:  # the sample corpus, read from its copy next to the output
+        inputs.copy_sample(layout)
+        tasks = inputs.load_tasks(manifest, storage, options.davis_resolution, options.limit)
+    done = committed(layout, run_id)
+    redo = {"failed"} if options.retry_failed else set()
+    pending = [t for t in tasks if t.video_id not in done or done[t.video_id] in redo]
+    worker = WorkerConfig(checkpoint=options.checkpoint, model_checksum=model_checksum, output=layout.uri,
+                          shards=layout.shards, run_id=run_id, settings=settings, endpoint_url=storage.endpoint_url,
+                          storage_options=storage.options, gpus_per_actor=options.gpus_per_actor,
+                          cpus_per_actor=options.cpus_per_actor, prefetch=options.prefetch,
+                          encode_thread=not options.encode_inline)
+    return Plan(run_id, resumed, layout, manifest, worker, tasks, pending)
+
+
+def _worker_died(p: Plan, task: VideoTask, options: JobOptions) -> dict:
+    return write_failed(p.layout, task.video_id, p.run_id,
+                        f"no result: the worker processing it died {options.max_retries + 1} time(s) (killed, out of "
+                        f"memory or crashed); see the Ray logs", "WorkerDied",
+                        video_uri=task.video_uri, annotations_uri=task.annotations_uri,
+                        model_checksum=p.worker.model_checksum, checkpoint_uri=p.worker.checkpoint,
+                        settings=p.worker.settings)
+
+
+def _run_pool(p: Plan, options: JobOptions, progress: Progress) -> None:
+    from .pool import label_videos, live_frames, pool_size, ray_session
+
+    with ray_session(options), live_frames() as (live_name, live):
+        progress.live = live
+        lo, hi = pool_size(options, len(p.pending))
+        print(f"actors: {lo}..{hi} x ({options.cpus_per_actor:g} CPU, {options.gpus_per_actor:g} GPU), "
+              f"settings {json.dumps(p.worker.settings, sort_keys=True)}", flush=True)
+        progress.start()
+        try:
+            seen = set()
+            for r in label_videos(p.pending, replace(p.worker, live_actor=live_name), options, lo, hi):
+                seen.add(r["video_id"])
+                progress.video_done(r)
+            for t in p.pending:  # no result: its actor died more than --max-retries times
+                if t.video_id not in seen:
+                    progress.video_done(_worker_died(p, t, options))
+        finally:
+            progress.stop()  # before Ray goes: the heartbeat asks the LiveFrames actor
+
+
+def run(options: JobOptions) -> int:
+    """The job. Returns the exit status (0, or 1 with ``fail_on_error`` when a video failed)."""
+    p = plan(options)
+    if p.manifest != options.manifest:
+        print(f"sample corpus copied next to the output: this driver runs from Ray's temporary working-dir package "
+              f"{inputs.ray_package_root()}, which goes when the job ends", flush=True)
+    print(f"vos pseudo-label run {p.run_id}{' (resumed)' if p.resumed else ''}: {len(p.tasks)} video(s) in "
+          f"{p.manifest}; output {p.layout.url()}", flush=True)
+    progress = Progress(total=len(p.pending), skipped=len(p.tasks) - len(p.pending), interval=options.progress_interval)
+    try:
+        if p.pending:
+            _run_pool(p, options, progress)
+        else:
+            progress.start()
+    finally:
+        progress.stop()
+    if p.pending:
+        clear_staging(p.layout)
+    print(progress.summary(p.run_id, p.layout.url()), flush=True)
+    if progress.failures:
+        print(f"failed videos ({len(progress.failures)}):", flush=True)
+        for vid, err in progress.failures[:FAILURES_SHOWN]:
+            print(f"  {vid!r}: {err}", flush=True)
+    return EXIT_VIDEOS_FAILED if (options.fail_on_error and progress.failed) else EXIT_OK

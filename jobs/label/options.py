@@ -1,0 +1,84 @@
+"""The job's options as one typed value: what ``python -m jobs.pseudo_label`` parses, what the
+driver runs on (``driver.run(JobOptions(...))``), with the defaults in one place."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vos_core.inference import SegmenterConfig
+from vos_core.model import SHIPPED_CHECKPOINT
+
+from ..layout import DEFAULT_SHARDS
+from ..storage import Storage
+from .inputs import SAMPLE_MANIFEST
+
+#: Local output root when --output is not given: ./vos_output/<run_id>.
+DEFAULT_OUTPUT_ROOT = "vos_output"
+#: The job keeps no probability maps (masks and statistics only) but the U map, stored downscaled
+#: as ``frames.u_map_png``.
+JOB_OUTPUTS = {"keep_probs": False, "keep_uncertainty": True}
+
+
+@dataclass(frozen=True)
+class ActorPool:
+    """Actors of the pool: ``min`` start at once; up to ``max`` while videos wait (None: what the cluster fits)."""
+
+    min: int = 1
+    max: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "ActorPool":
+        """'4' -> 4..4; '1:8' or '1-8' -> 1..8; 'auto' -> 1..(what the cluster fits)."""
+        spec = str(spec).strip().lower()
+        if spec == "auto":
+            return cls()
+        for sep in (":", "-", ","):
+            if sep in spec:
+                lo, hi = (int(v) for v in spec.split(sep, 1))
+                break
+        else:
+            lo = hi = int(spec)
+        if lo < 1 or hi < lo:
+            raise ValueError(f"need 1 <= min <= max, got {spec!r}")
+        return cls(lo, hi)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    # -- input and output
+    manifest: str = SAMPLE_MANIFEST
+    output: str | None = None  # None: ./vos_output/<run_id>
+    checkpoint: str = SHIPPED_CHECKPOINT
+    run_id: str | None = None  # None: the run found at the output, else a new timestamped id
+    davis_resolution: str | None = None
+    endpoint_url: str | None = None
+    storage_options: dict = field(default_factory=dict)
+    shards: int = DEFAULT_SHARDS
+    # -- segmentation (the job's outputs forced: see JOB_OUTPUTS)
+    segmenter: SegmenterConfig = SegmenterConfig(**JOB_OUTPUTS)
+    # -- Ray
+    actors: ActorPool = ActorPool()
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    max_retries: int = 3
+    prefetch: int = 4
+    encode_inline: bool = False
+    ray_address: str | None = None
+    num_cpus: int | None = None
+    # -- run
+    retry_failed: bool = False
+    fail_on_error: bool = False
+    limit: int | None = None
+    progress_interval: float = 15.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "segmenter", self.segmenter.replace(**JOB_OUTPUTS))
+        checks = {"prefetch": self.prefetch >= 1, "shards": self.shards >= 1, "max_retries": self.max_retries >= 0,
+                  "gpus_per_actor": self.gpus_per_actor >= 0, "cpus_per_actor": self.cpus_per_actor > 0,
+                  "limit": self.limit is None or self.limit >= 0}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(", ".join(f"--{k.replace('_', '-')} {getattr(self, k)!r} is out of range" for k in bad))
+
+    def storage(self) -> Storage:
+        """Where the job reads and writes (the S3 endpoint resolved now, on the driver)."""
+        return Storage.from_env(self.endpoint_url, self.storage_options)
