@@ -19,9 +19,10 @@ import sys
 from . import storage as st
 from .command import HelpFormatter, run_command
 from .errors import EXIT_BAD_INPUT
-from .inspect.export import decode_video  # noqa: F401  (the Python API of the command)
-from .inspect.read import connect, query  # noqa: F401
+from .inspect.export import decode_video
+from .inspect.read import connect, query
 
+__all__ = ["main", "build_parser", "write_table", "connect", "query", "decode_video"]  # connect: the Python API
 FORMATS = ("table", "csv", "jsonl")
 #: Rows the table format shows unless --max-rows says otherwise.
 TABLE_ROWS = 40

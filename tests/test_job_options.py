@@ -183,3 +183,15 @@ def test_render_runs_as_a_module_without_loading_the_vos_command():
     probe = "import sys, runpy; import jobs.render, jobs.report, jobs.query; print('jobs.cli' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_vos_hands_its_delegated_commands_to_modules_that_exist():
+    import importlib
+
+    from jobs.cli import DELEGATED, build_parser
+
+    assert DELEGATED["train"][0] == "vos_train.__main__"
+    for name, (module, _) in DELEGATED.items():
+        assert callable(importlib.import_module(module).main), name
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert {"segment", "eval", "pseudo-label", "train", "query", "render", "report"} <= set(commands)

@@ -77,6 +77,31 @@ def _settings(run: dict, entries: list[VideoEntry]) -> str:
     return json.dumps(settings, indent=1, sort_keys=True)
 
 
+def _table_row(e: VideoEntry) -> str:
+    r = e.row
+    return (f"<tr><td>{_marker(e)}</td><td><a href='#{_esc(_anchor(e))}'>{_esc(r['video_id'])}</a></td>"
+            f"<td>{_esc(r['status'])}</td><td class='num'>{_num(r['frames'], 'd')}</td>"
+            f"<td class='num'>{_num(r['fps'], '.1f')}</td><td class='num'>{_num(e.mean_u, '.3f')}</td>"
+            f"<td>{_esc(_flag_cell(e))}</td><td class='error'>{_esc(r['error'])}</td></tr>")
+
+
+def _video_section(e: VideoEntry) -> list[str]:
+    r = e.row
+    out = [f"<section id='{_esc(_anchor(e))}'><h3>{_marker(e)} {_esc(r['video_id'])}</h3>",
+           f"<p><code>{_esc(r['video_uri'])}</code></p>"]
+    if not e.ok:
+        return out + [f"<p class='error'>{_esc(r['error_type'])}: {_esc(r['error'])}</p></section>"]
+    if e.strip:
+        out.append(f"<img src='{_esc(e.strip)}' alt='overlay thumbnails of {_esc(r['video_id'])}'>")
+    if e.plot:
+        out.append(f"<img src='{_esc(e.plot)}' alt='uncertainty and area of {_esc(r['video_id'])}'>")
+    if e.note:
+        out.append(f"<p class='error'>{_esc(e.note)}</p>")
+    if e.flags:
+        out.append("<ul>" + "".join(f"<li>frame {f.frame_index}: {_esc(f.describe())}</li>" for f in e.flags) + "</ul>")
+    return out + ["</section>"]
+
+
 def render_html(run: dict, output_uri: str, entries: list[VideoEntry]) -> str:
     title = f"vos run {run.get('run_id') or (entries[0].row['run_id'] if entries else '?')}"
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title>",
@@ -92,29 +117,9 @@ def render_html(run: dict, output_uri: str, entries: list[VideoEntry]) -> str:
             f"Annotated frames are never flagged.</p>",
             "<table><tr><th>review</th><th>video</th><th>status</th><th>frames</th><th>frames/s</th><th>mean U</th>"
             "<th>flagged frames</th><th>error</th></tr>"]
-    for e in entries:
-        r = e.row
-        out.append(f"<tr><td>{_marker(e)}</td><td><a href='#{_esc(_anchor(e))}'>{_esc(r['video_id'])}</a></td>"
-                   f"<td>{_esc(r['status'])}</td><td class='num'>{_num(r['frames'], 'd')}</td>"
-                   f"<td class='num'>{_num(r['fps'], '.1f')}</td><td class='num'>{_num(e.mean_u, '.3f')}</td>"
-                   f"<td>{_esc(_flag_cell(e))}</td><td class='error'>{_esc(r['error'])}</td></tr>")
+    out += [_table_row(e) for e in entries]
     out.append("</table>")
     for e in entries:
-        r = e.row
-        out.append(f"<section id='{_esc(_anchor(e))}'><h3>{_marker(e)} {_esc(r['video_id'])}</h3>")
-        out.append(f"<p><code>{_esc(r['video_uri'])}</code></p>")
-        if not e.ok:
-            out.append(f"<p class='error'>{_esc(r['error_type'])}: {_esc(r['error'])}</p></section>")
-            continue
-        if e.strip:
-            out.append(f"<img src='{_esc(e.strip)}' alt='overlay thumbnails of {_esc(r['video_id'])}'>")
-        if e.plot:
-            out.append(f"<img src='{_esc(e.plot)}' alt='uncertainty and area of {_esc(r['video_id'])}'>")
-        if e.note:
-            out.append(f"<p class='error'>{_esc(e.note)}</p>")
-        if e.flags:
-            out.append("<ul>" + "".join(f"<li>frame {f.frame_index}: {_esc(f.describe())}</li>" for f in e.flags)
-                       + "</ul>")
-        out.append("</section>")
+        out += _video_section(e)
     out.append("</body></html>")
     return "\n".join(out)

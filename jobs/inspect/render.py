@@ -17,7 +17,6 @@ from typing import Iterator
 
 import numpy as np
 
-from .. import storage as st
 from ..codec import decode_u_map
 from ..errors import BadInput
 from ..layout import video_key
