@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _manifest(copies: int, dest: Path) -> tuple[Path, list]:
-    from jobs.manifest import load_manifest
+    from jobs.label.manifest import load_manifest
 
     base = load_manifest(str(ROOT / "jobs" / "sample_corpus" / "manifest.csv"))
     tasks = []
@@ -46,7 +46,7 @@ def _manifest(copies: int, dest: Path) -> tuple[Path, list]:
 
 def segmenter_alone(ckpt: str, tasks, size) -> tuple[float, int]:
     import torch
-    from jobs.pseudo_label import select_annotations
+    from vos_core.io import select_annotations
     from vos_core import Segmenter, SegmenterConfig, load_model
     from vos_core.io import load_annotations, open_frames
 
@@ -68,7 +68,7 @@ def job(ckpt: str, manifest: Path, out: Path, actors: int, size, encode_inline: 
     from contextlib import redirect_stdout
 
     from jobs import pseudo_label
-    from jobs.commit import Layout, read_videos
+    from jobs.layout import Layout, read_videos
     from jobs.storage import Storage
 
     args = ["--manifest", str(manifest), "--output", str(out), "--checkpoint", ckpt, "--actors", str(actors),
@@ -89,7 +89,8 @@ def encode_cost(h: int, w: int, objects: int, frames: int = 50) -> float:
     object, the U-map PNG, row buffers, Parquet row groups as they fill) for synthetic H×W results."""
     import torch
 
-    from jobs.commit import Layout, VideoCommit
+    from jobs.label.commit import VideoCommit
+    from jobs.layout import Layout
     from jobs.storage import Storage
     from vos_core.model.decoder import uncertainty_map
     from vos_core.inference.segmenter import FrameResult
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
                 print(f"| {h}x{w} | {k} | {1000 * encode_cost(h, w, k):.1f} |", flush=True)
         return 0
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    from jobs.pseudo_label import DEFAULT_CHECKPOINT
+    from vos_core.model import SHIPPED_CHECKPOINT as DEFAULT_CHECKPOINT
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_job_"))
     ckpt = args.checkpoint or (DEFAULT_CHECKPOINT if os.path.exists(DEFAULT_CHECKPOINT) else None)

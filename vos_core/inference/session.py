@@ -38,6 +38,28 @@ class FrameResult:
 
 
 @dataclass
+class StepRequest:
+    """One stream's next frame, for :func:`step_many`; the fields after ``correction_source`` are filled in."""
+
+    session: "VideoSession"
+    frame: object
+    annotation: object = None
+    index: int | None = None
+    correction: object = None
+    source: str | None = None
+    correction_source: str | None = None
+    first: bool = False
+    in_hw: tuple | None = None
+    work_hw: tuple | None = None
+    new_ids: list = field(default_factory=list)
+    ann: object = None
+    fix: object = None
+    fixed_ids: list = field(default_factory=list)
+    x: torch.Tensor | None = None
+    pad: tuple | None = None
+
+
+@dataclass
 class _Pending:
     """A frame waiting to be memorised (done at the next step: the last frame never is)."""
 
@@ -81,55 +103,62 @@ class VideoSession:
         protocol). ``correction``: an H×W id map whose objects replace their prediction at this frame
         and restart their memory from it. ``index``: the frame's index in the video (default: the previous
         one + 1, or 0). ``source``/``correction_source``: names for error messages."""
-        index = (0 if self.last_index is None else self.last_index + 1) if index is None else int(index)
+        request = StepRequest(self, frame, annotation, index, correction, source, correction_source)
+        (result,) = step_many([request])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _prepare(self, r: "StepRequest") -> None:
+        """Checks the request and brings its frame and masks to the working size; changes no state."""
+        index = (0 if self.last_index is None else self.last_index + 1) if r.index is None else int(r.index)
         if self.last_index is not None and index <= self.last_index:
             raise VOSInputError(f"frame {index}: frames must come in order (the last one was {self.last_index})")
-        frame = check_frame(frame, index)
-        if self.in_hw is None:
-            if annotation is None:
+        frame = check_frame(r.frame, index)
+        in_hw, work_hw = self.in_hw, self.work_hw
+        if in_hw is None:
+            if r.annotation is None:
                 raise AnnotationError(f"frame {index}: the first frame of a video needs an annotation")
-            self.in_hw = frame.shape[:2]
-            self.work_hw = working_size(*self.in_hw, self.segmenter.working_size)
-        elif frame.shape[:2] != self.in_hw:
+            in_hw = frame.shape[:2]
+            work_hw = working_size(*in_hw, self.segmenter.working_size)
+        elif frame.shape[:2] != in_hw:
             raise VOSInputError(f"frame {index}: size {frame.shape[1]}x{frame.shape[0]} differs from the video's "
-                                f"{self.in_hw[1]}x{self.in_hw[0]}")
-        first = self.last_index is None
-        seg, cfg = self.segmenter, self.config
-        amp = _AUTOCAST[cfg.precision]
-        autocast = torch.autocast(seg.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
-            x, pad = pad_to_multiple(frame_tensor(frame, self.work_hw, seg.device, seg.dtype, cfg.channels_last))
-            if self._pending is not None:  # memorise the previous frame now that it was not the last
-                self._memorise(self._pending)
-                self._pending = None
-            new_ids, ann = self._new_objects(annotation, index, source or f"annotation of frame {index}", first)
-            fix, fixed_ids = self._correction(correction, index, correction_source or f"correction of frame {index}")
-            n_banked = len(self.object_ids)
-            if first:
-                probs = torch.zeros(0, *self.work_hw, device=seg.device, dtype=seg.dtype)
-            else:
-                q = seg.model.encode_query(x)
-                readout = self.memory.read(q.key[0].float())
-                fg = unpad(seg.model.decode(readout.unsqueeze(0), q)[0], pad).float()
-                probs = soft_aggregate(fg)
-            if new_ids:
-                self.object_ids = self.object_ids + new_ids
-                probs = apply_masks(probs, ann, self.object_ids, new_ids)
-                self.annotation_frames.append(index)
-            if fixed_ids:
-                probs = apply_masks(probs, fix, self.object_ids, fixed_ids)
-                self.correction_frames.append(index)
-            reset = [self.object_ids.index(i) for i in fixed_ids if self.object_ids.index(i) < n_banked]
-            self._pending = _Pending(x, probs, n_banked if not first else 0, index, reset)
-            self.last_index = index
-            return self._result(index, probs, annotated=bool(new_ids or fixed_ids), new_objects=new_ids,
-                                corrected=fixed_ids)
+                                f"{in_hw[1]}x{in_hw[0]}")
+        r.index, r.in_hw, r.work_hw, r.first = index, in_hw, work_hw, self.last_index is None
+        r.new_ids, r.ann = self._new_objects(r.annotation, in_hw, work_hw, r.source or f"annotation of frame {index}",
+                                             r.first)
+        r.fix, r.fixed_ids = self._correction(r.correction, in_hw, work_hw,
+                                              r.correction_source or f"correction of frame {index}")
+        seg = self.segmenter
+        r.x, r.pad = pad_to_multiple(frame_tensor(frame, work_hw, seg.device, seg.dtype, self.config.channels_last))
+
+    def _finish(self, r: "StepRequest", fg: torch.Tensor | None) -> FrameResult:
+        """From the decoded per-object probabilities (None for the first frame) to the frame's result."""
+        seg = self.segmenter
+        self.in_hw, self.work_hw = r.in_hw, r.work_hw
+        n_banked = len(self.object_ids)
+        if fg is None:
+            probs = torch.zeros(0, *self.work_hw, device=seg.device, dtype=seg.dtype)
+        else:
+            probs = soft_aggregate(unpad(fg, r.pad).float())
+        if r.new_ids:
+            self.object_ids = self.object_ids + r.new_ids
+            probs = apply_masks(probs, r.ann, self.object_ids, r.new_ids)
+            self.annotation_frames.append(r.index)
+        if r.fixed_ids:
+            probs = apply_masks(probs, r.fix, self.object_ids, r.fixed_ids)
+            self.correction_frames.append(r.index)
+        reset = [self.object_ids.index(i) for i in r.fixed_ids if self.object_ids.index(i) < n_banked]
+        self._pending = _Pending(r.x, probs, n_banked if not r.first else 0, r.index, reset)
+        self.last_index = r.index
+        return self._result(r.index, probs, annotated=bool(r.new_ids or r.fixed_ids), new_objects=r.new_ids,
+                            corrected=r.fixed_ids)
 
     # -- annotations ----------------------------------------------------------
-    def _new_objects(self, annotation, index: int, source: str, first: bool):
+    def _new_objects(self, annotation, in_hw, work_hw, source: str, first: bool):
         if annotation is None:
             return [], None
-        ann = annotation_at(annotation, self.in_hw, self.work_hw, source, self.config.resize_annotations)
+        ann = annotation_at(annotation, in_hw, work_hw, source, self.config.resize_annotations)
         given = [int(i) for i in np.unique(ann) if i != 0]
         new_ids = [i for i in given if i not in self.object_ids]
         if first and not new_ids:
@@ -138,12 +167,12 @@ class VideoSession:
             ann = np.where(np.isin(ann, new_ids), ann, 0)
         return new_ids, ann
 
-    def _correction(self, correction, index: int, source: str):
+    def _correction(self, correction, in_hw, work_hw, source: str):
         if correction is None:
             return None, []
-        if self.last_index is None and not self.started:
+        if not self.started:
             raise AnnotationError(f"{source}: a correction needs a tracked video (start it with an annotation)")
-        fix = annotation_at(correction, self.in_hw, self.work_hw, source, self.config.resize_annotations)
+        fix = annotation_at(correction, in_hw, work_hw, source, self.config.resize_annotations)
         ids = [int(i) for i in np.unique(fix) if i != 0]
         unknown = [i for i in ids if i not in self.object_ids]
         if unknown:
@@ -152,11 +181,10 @@ class VideoSession:
         return fix, ids
 
     # -- memory ---------------------------------------------------------------
-    def _memorise(self, p: _Pending) -> None:
+    def _absorb(self, p: _Pending, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Adds the memorised frame's keys/values (K×C×N) to the memory."""
         seg = self.segmenter
-        padded, _ = pad_to_multiple(p.probs)
-        keys, values = seg.model.encode_memory(p.x, padded.unsqueeze(0))
-        keys, values = keys[0].float(), values[0].float()  # the memory is kept in fp32 whatever the precision
+        keys, values = keys.float(), values.float()  # the memory is kept in fp32 whatever the precision
         if self.memory is None:
             cfg = seg.model.config
             self.memory = seg.memory_factory(cfg.keydim, cfg.valdim, self.config, seg.device)
@@ -235,3 +263,64 @@ def apply_masks(probs: torch.Tensor, ann: np.ndarray, object_ids: list[int], giv
     total = probs.sum(0, keepdim=True)
     probs[0] += (1 - total[0]).clamp(min=0)
     return probs / probs.sum(0, keepdim=True)
+
+
+def _groups(items, key):
+    out: dict = {}
+    for item in items:
+        out.setdefault(key(item), []).append(item)
+    return out.values()
+
+
+def step_many(requests: list[StepRequest]) -> list:
+    """Steps several streams (sessions of one Segmenter) by one frame each, with the network run on a batch
+    of frames: the memory encoder over the previous frames of every stream, the query encoder over the new
+    frames, the decoder over their reads. Each stream keeps its own memory and its own frame count. Frames of
+    one shape (and, for the memory encoder and the decoder, with the same number of objects) go in one batch;
+    each stream's result is what its own ``step`` gives, up to float rounding of batched kernels.
+
+    Returns one entry per request: its FrameResult, or the exception that request raised (a bad frame or
+    annotation fails its own stream only)."""
+    if not requests:
+        return []
+    seg = requests[0].session.segmenter
+    if any(r.session.segmenter is not seg for r in requests):
+        raise ValueError("step_many: every session must come from the same Segmenter")
+    if len({id(r.session) for r in requests}) != len(requests):
+        raise ValueError("step_many: one request per session")
+    out: list = [None] * len(requests)
+    amp = _AUTOCAST[seg.config.precision]
+    autocast = torch.autocast(seg.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    model = seg.model
+    with torch.inference_mode(), autocast:
+        live = []
+        for i, r in enumerate(requests):
+            try:
+                r.session._prepare(r)
+                live.append((i, r))
+            except Exception as e:  # this stream's own bad input
+                out[i] = e
+        # 1. memorise each stream's previous frame (now that it was not the last)
+        pending = [r for _, r in live if r.session._pending is not None]
+        for group in _groups(pending, lambda r: (tuple(r.session._pending.x.shape), r.session._pending.probs.shape[0])):
+            ps = [r.session._pending for r in group]
+            masks = torch.stack([pad_to_multiple(p.probs)[0] for p in ps])
+            keys, values = model.encode_memory(torch.cat([p.x for p in ps]), masks)
+            for j, r in enumerate(group):
+                r.session._absorb(ps[j], keys[j], values[j])
+                r.session._pending = None
+        # 2. query-encode the new frames, read each stream's memory, decode
+        fgs: dict[int, torch.Tensor] = {}
+        queried = [(i, r) for i, r in live if not r.first]
+        for group in _groups(queried, lambda ir: tuple(ir[1].x.shape)):
+            q = model.encode_query(torch.cat([r.x for _, r in group]))
+            reads = [r.session.memory.read(q.key[j].float()) for j, (_, r) in enumerate(group)]
+            rows = list(range(len(group)))
+            for sub in _groups(rows, lambda j: reads[j].shape[0]):
+                fg = model.decode(torch.stack([reads[j] for j in sub]), q.take(sub))
+                for n, j in enumerate(sub):
+                    fgs[group[j][0]] = fg[n]
+        # 3. annotations, the result, and this frame becomes the stream's pending memory
+        for i, r in live:
+            out[i] = r.session._finish(r, fgs.get(i))
+    return out

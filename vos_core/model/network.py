@@ -30,6 +30,14 @@ class QueryFeatures:
     r1: torch.Tensor  # B×C1×H/2×W/2
     shape16: tuple[int, int]
 
+    def take(self, rows: list[int]) -> "QueryFeatures":
+        """The features of some of the B frames (all of them, as they are, when rows is 0..B-1)."""
+        if rows == list(range(self.key.shape[0])):
+            return self
+        idx = torch.tensor(rows, device=self.key.device)
+        return QueryFeatures(*(t.index_select(0, idx) for t in (self.key, self.value, self.r3, self.r2, self.r1)),
+                             self.shape16)
+
 
 class AFBURR(nn.Module):
     def __init__(self, config: ModelConfig | None = None):
