@@ -76,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     run_.add_argument("--limit", type=int, default=None, help="process only the first N manifest rows")
     run_.add_argument("--progress-interval", type=float, default=D.progress_interval,
                       help="seconds between heartbeat lines (0: none)")
+    review = p.add_argument_group("review and corrections (docs/review-loop.md)")
+    review.add_argument("--review-quality", type=float, default=D.review_quality,
+                        help="frames whose quality (predicted J of their weakest mask) is below this are counted "
+                             "for review (videos.frames_below_quality)")
+    review.add_argument("--corrections", default=None, metavar="URI",
+                        help="corrected masks: a COCO JSON (vos export --format review, edited) or a folder of "
+                             "<video>/<frame>.png id maps; re-segments only the corrected videos of --parent into a "
+                             "new run at --output")
+    review.add_argument("--parent", default=None, metavar="RUN",
+                        help="output URI of the run the corrections are for (default: the one the COCO JSON names)")
     return p
 
 
@@ -94,7 +104,8 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, max_retries=args.max_retries,
         prefetch=args.prefetch, encode_inline=args.encode_inline, ray_address=args.ray_address,
         num_cpus=args.num_cpus, retry_failed=args.retry_failed, fail_on_error=args.fail_on_error, limit=args.limit,
-        progress_interval=args.progress_interval)
+        progress_interval=args.progress_interval, review_quality=args.review_quality, corrections=args.corrections,
+        parent=args.parent)
 
 
 def main(argv: list[str] | None = None) -> int:

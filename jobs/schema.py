@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: frames.u_map_png
+SCHEMA_VERSION = 3  # 2: frames.u_map_png; 3: quality, annotation counts
 
 BBOX = pa.list_(pa.int32())
 
@@ -22,6 +22,8 @@ OBJECT_STATS = pa.struct([
     pa.field("band_area", pa.int64()),
     pa.field("bank_size", pa.int64()),
     pa.field("bank_evicted", pa.int64()),
+    pa.field("quality", pa.float32()),
+    pa.field("components", pa.int32()),
 ])
 
 _VIDEO_ID = ("video_id", pa.string(), "The manifest's `video_id`, unchanged (any string, also one that is not a safe "
@@ -33,6 +35,9 @@ _ATTEMPT = ("attempt", pa.string(), "Id of the processing attempt that wrote the
             "for the committed attempt (the `jobs.query` views join on it).")
 _HEIGHT = ("height", pa.int32(), "Frame (and mask) height in pixels, at the input resolution.")
 _WIDTH = ("width", pa.int32(), "Frame (and mask) width in pixels.")
+_QUALITY_DOC = ("the segmenter's quality estimate: the predicted region J (IoU with the true mask) in [0, 1], "
+                "from a fitted estimator when the checkpoint carries one, else an uncalibrated rule "
+                "(`videos.quality_calibrated`)")
 
 COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
     "masks": [
@@ -51,6 +56,8 @@ COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
         ("u_mean", pa.float32(), "Mean uncertainty U = exp(1 - p1/p2) over the object's band (pixels where its "
          "probability is >= 0.1 or that it is labelled); 1 is maximally uncertain. Null when the band is empty."),
         ("u_p95", pa.float32(), "95th percentile of U over the object's band; null when the band is empty."),
+        ("quality", pa.float32(), f"Quality of this mask: {_QUALITY_DOC}. 1 where the mask was given at this frame "
+         "(its annotation or a correction)."),
         ("annotated", pa.bool_(), "True when the frame had an input annotation (its mask is, at least partly, the "
          "given one rather than a prediction)."),
         _RUN_ID,
@@ -71,14 +78,18 @@ COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
         ("u_threshold", pa.float32(), "The U threshold used for `u_frac_uncertain` (`--u-threshold`)."),
         ("u_max_object", pa.float32(), "Largest `u_mean` over the frame's objects (background excluded): the least "
          "certain object. Null when no object has a band."),
+        ("quality", pa.float32(), "Lowest `masks.quality` over the frame's objects: the frame is as trustworthy as "
+         "its weakest mask (`WHERE quality >= 0.8` keeps frames whose every object is predicted at J >= 0.8). Null "
+         "when the frame has no object."),
         ("u_map_png", pa.binary(), "The frame's U map, downscaled (area average) to a longest side of at most 128 "
          "px, as an 8-bit greyscale PNG: grey = round(255 * U). For `vos render` and `vos report`; decode with "
          "`cv2.imdecode` / PIL. Null when the segmenter kept no U map for the frame."),
         ("bank_size", pa.int64(), "Features in the adaptive feature bank, all objects and background together, when "
          "this frame was segmented."),
         ("objects", pa.list_(OBJECT_STATS), "Per-object statistics, background (id 0) first: `object_id`, `area`, "
-         "`bbox`, `mean_prob`, `u_mean`, `u_p95` (as in `masks`), `band_area` (pixels in the band), `bank_size` "
-         "(features in this object's memory) and `bank_evicted` (features evicted from it so far)."),
+         "`bbox`, `mean_prob`, `u_mean`, `u_p95`, `quality` (as in `masks`; null for background), `band_area` (pixels "
+         "in the band), `bank_size` (features in this object's memory), `bank_evicted` (features evicted from it so "
+         "far) and `components` (8-connected components of its mask)."),
         _RUN_ID,
         _ATTEMPT,
     ],
@@ -98,6 +109,21 @@ COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
         ("frames", pa.int32(), "Frames segmented (= rows in `frames` for this video); 0 when failed."),
         ("objects", pa.int32(), "Objects tracked by the end of the video (background excluded)."),
         ("masks_rows", pa.int64(), "Rows in `masks` for this video: a reader can check it got the whole video."),
+        ("annotation_frames", pa.int32(), "Frames whose annotation was used: the first one and each later one that "
+         "brought an object not tracked yet (the semi-supervised protocol of DAVIS and YouTube-VOS: later masks of "
+         "tracked objects are ignored, so a folder of every frame's ground truth counts 1 here)."),
+        ("annotation_objects", pa.int32(), "Objects those annotation frames started (= `objects`)."),
+        ("correction_frames", pa.int32(), "Frames where a correction replaced masks (a corrections run, "
+         "`--corrections`); 0 otherwise."),
+        ("quality_mean", pa.float64(), "Mean `masks.quality` over the video's predicted masks (a mask given at its "
+         "frame, annotation or correction, is not a prediction); null when it has none."),
+        ("quality_min", pa.float64(), "Lowest `masks.quality` over the video's predicted masks; null when none."),
+        ("frames_below_quality", pa.int32(), "Frames whose `frames.quality` is below `review_quality`: what `vos "
+         "report` flags for review and `vos export --format review` hands to annotators."),
+        ("review_quality", pa.float32(), "The quality threshold of `frames_below_quality` (`--review-quality`)."),
+        ("quality_calibrated", pa.bool_(), "True when the quality estimate came from an estimator fitted to "
+         "ground truth and stored with the checkpoint (`vos calibrate`); false: the uncalibrated fallback rule, "
+         "useful for ranking frames, not as a J."),
         ("height", pa.int32(), "Frame height in pixels; null when unknown."),
         ("width", pa.int32(), "Frame width in pixels; null when unknown."),
         ("seconds", pa.float64(), "Wall time of the attempt that committed: opening the video to committing."),

@@ -9,6 +9,8 @@ A manifest is a Parquet, CSV or JSON Lines file (local or any fsspec URL) with c
   or one PNG: the mask of frame ``start_frame`` (0 unless given);
 * ``start_frame`` (optional): where tracking starts; earlier frames and masks are ignored.
   Default: the first annotated frame.
+* ``corrections_uri`` (optional): a folder of id-map PNGs named by frame whose objects replace
+  the prediction at that frame and restart that object's memory (vos_core's corrections).
 
 Relative URIs are taken relative to the manifest's folder. Other columns are ignored.
 Instead of a manifest file, a DAVIS-layout root (``JPEGImages/<seq>``, ``Annotations/<seq>``)
@@ -33,7 +35,7 @@ from .. import storage as st
 from ..errors import BadInput
 
 REQUIRED = ("video_id", "video_uri", "annotations_uri")
-OPTIONAL = ("start_frame",)
+OPTIONAL = ("start_frame", "corrections_uri")
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".json": "jsonl"}
 
@@ -48,13 +50,15 @@ class VideoTask:
     video_uri: str | None
     annotations_uri: str | None
     start_frame: int | None = None
+    corrections_uri: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "VideoTask":
-        return cls(**{k: d.get(k) for k in ("video_id", "video_uri", "annotations_uri", "start_frame")})
+        return cls(**{k: d.get(k) for k in ("video_id", "video_uri", "annotations_uri", "start_frame",
+                                             "corrections_uri")})
 
 
 def _format(path: str) -> str | None:
@@ -131,11 +135,13 @@ def validate(rows: list[dict], shown: str, base_dir: str = "") -> list[VideoTask
             raise ManifestError(f"{where}: duplicate video_id {vid!r} (also row {seen[vid] + 1})")
         seen[vid] = i
         video_uri, ann_uri = _text(r.get("video_uri")), _text(r.get("annotations_uri"))
+        fix_uri = _text(r.get("corrections_uri"))
         tasks.append(VideoTask(
             video_id=vid,
             video_uri=st.resolve_relative(video_uri, base_dir) if video_uri and video_uri.strip() else None,
             annotations_uri=st.resolve_relative(ann_uri, base_dir) if ann_uri and ann_uri.strip() else None,
             start_frame=_start_frame(r.get("start_frame"), where),
+            corrections_uri=st.resolve_relative(fix_uri, base_dir) if fix_uri and fix_uri.strip() else None,
         ))
     return tasks
 

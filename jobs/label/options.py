@@ -69,12 +69,16 @@ class JobOptions:
     fail_on_error: bool = False
     limit: int | None = None
     progress_interval: float = 15.0
+    # -- review and corrections
+    review_quality: float = 0.5  # frames whose quality is below this are counted (and flagged) for review
+    corrections: str | None = None  # COCO JSON or folder of PNGs per video: re-segment the corrected videos
+    parent: str | None = None  # the run the corrections are for (default: named in the COCO JSON)
 
     def __post_init__(self):
         object.__setattr__(self, "segmenter", self.segmenter.replace(**JOB_OUTPUTS))
         checks = {"prefetch": self.prefetch >= 1, "shards": self.shards >= 1, "max_retries": self.max_retries >= 0,
                   "gpus_per_actor": self.gpus_per_actor >= 0, "cpus_per_actor": self.cpus_per_actor > 0,
-                  "limit": self.limit is None or self.limit >= 0}
+                  "limit": self.limit is None or self.limit >= 0, "review_quality": 0.0 <= self.review_quality <= 1.0}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(", ".join(f"--{k.replace('_', '-')} {getattr(self, k)!r} is out of range" for k in bad))

@@ -20,6 +20,7 @@ from ..storage import Storage
 from .background import InOrderWorker
 from .commit import VideoCommit
 from .manifest import VideoTask
+from .rows import VideoSummary
 
 #: Seconds between live frame-count reports from a worker.
 REPORT_EVERY_S = 2.0
@@ -43,6 +44,7 @@ class WorkerConfig:
     prefetch: int = 4
     encode_thread: bool = True  # encode results on a thread of their own (False: on the model's thread)
     live_actor: str | None = None  # name of the LiveFrames actor (None: no live progress)
+    review_quality: float = 0.5  # frames below this quality are counted for review (videos.frames_below_quality)
 
     def storage(self) -> Storage:
         return Storage(endpoint_url=self.endpoint_url, options=dict(self.storage_options))
@@ -73,8 +75,10 @@ class LiveReport:
                 self._actor.done.remote(video_id)
 
 
-def _segment(task: VideoTask, segmenter, vc: VideoCommit, config: WorkerConfig, live: LiveReport) -> int:
-    """Segments the video into ``vc``; returns its start frame. Raises for a bad video."""
+def _segment(task: VideoTask, segmenter, vc: VideoCommit, config: WorkerConfig, live: LiveReport) -> tuple[int, dict]:
+    """Segments the video into ``vc``; returns its start frame and the record's quality and protocol
+    fields. Raises for a bad video. The annotations (and corrections) go to the segmenter as they are:
+    its session applies the semi-supervised protocol; nothing here pastes masks."""
     from vos_core.errors import AnnotationError, VideoReadError
     from vos_core.io import load_annotations, open_frames, prefetch, select_annotations
 
@@ -87,15 +91,26 @@ def _segment(task: VideoTask, segmenter, vc: VideoCommit, config: WorkerConfig, 
         ann = load_annotations(task.annotations_uri, frame_names=frames.names,
                                storage_options=storage.options_for(task.annotations_uri))
         ann, start = select_annotations(ann, task.annotations_uri, task.start_frame)
+        fixes = None
+        if task.corrections_uri:  # a corrections run: id maps of corrected objects, named like the frames
+            fixes = load_annotations(task.corrections_uri, frame_names=frames.names,
+                                     storage_options=storage.options_for(task.corrections_uri))
+        summary = VideoSummary(config.review_quality, getattr(segmenter, "quality_calibrated", False))
+        session = segmenter.start()
+
+        def add(r, name):
+            vc.add(r, name)
+            summary.add(r)
+
         # Frames are decoded ahead on one thread and each result is encoded (RLE, PNG, row buffers)
         # on another, so the model's thread only runs the model.
-        with InOrderWorker(vc.add, depth=config.prefetch if config.encode_thread else 0, name="vos-encode") as enc:
-            for r in segmenter.run(prefetch(frames, depth=config.prefetch), ann):
+        with InOrderWorker(add, depth=config.prefetch if config.encode_thread else 0, name="vos-encode") as enc:
+            for r in segmenter.run(prefetch(frames, depth=config.prefetch), ann, corrections=fixes, session=session):
                 enc.submit(r, frames.name(r.index))
                 live.frames(task.video_id, vc.frames)
     if not vc.frames:
         raise VideoReadError(f"{task.video_uri}: the video ends before its start frame {start}")
-    return start
+    return start, summary.fields(session)
 
 
 def process_video(task: VideoTask, segmenter, config: WorkerConfig, layout: Layout | None = None,
@@ -111,8 +126,8 @@ def process_video(task: VideoTask, segmenter, config: WorkerConfig, layout: Layo
     start = None
     try:
         vc.begin(video_uri=task.video_uri)
-        start = _segment(task, segmenter, vc, config, live)
-        return {**vc.commit(start_frame=start, **common), "committed": True}
+        start, fields = _segment(task, segmenter, vc, config, live)
+        return {**vc.commit(start_frame=start, **fields, **common), "committed": True}
     except Exception as e:  # a bad video (or a storage error): record it and go on
         try:
             return {**vc.fail(str(e) or repr(e), type(e).__name__, start_frame=start, **common), "committed": True}
