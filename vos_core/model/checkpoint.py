@@ -39,6 +39,11 @@ def _listing(keys) -> str:
     return ", ".join(keys[:_MAX_LISTED]) + more
 
 
+def _short(value, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def read_checkpoint(uri: str | os.PathLike, storage_options: dict | None = None) -> tuple[dict, ModelConfig, dict]:
     """Returns (state_dict, config, metadata) without building a model."""
     raw = _read_bytes(uri, storage_options)
@@ -64,9 +69,9 @@ def read_checkpoint(uri: str | os.PathLike, storage_options: dict | None = None)
     if all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     try:
-        config = ModelConfig.from_dict(cfg_dict) if cfg_dict else OFFICIAL
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{uri}: bad model config {cfg_dict!r}: {e}") from e
+        config = OFFICIAL if cfg_dict is None else ModelConfig.from_dict(cfg_dict)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{uri}: bad model config {_short(cfg_dict)}: {e}") from e
     return state, config, meta
 
 
@@ -91,10 +96,25 @@ def load_model(
     wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:
         raise CheckpointError(f"{uri}: tensor shapes do not match: {_listing(wrong)}")
+    _check_values(state, expected, uri)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
     model.working_size = _working_size(meta, uri)
     model.quality_model = _quality_model(meta, uri)
     return model.to(device).eval()
+
+
+def _check_values(state: dict, expected: dict, uri) -> None:
+    """Refuses weights that would load but segment nothing: integer (or bool, complex) tensors where
+    the network has floating-point ones (casting them silently truncates), and NaN or infinite
+    values (every probability becomes NaN, every mask empty)."""
+    not_float = [f"{k} ({str(state[k].dtype).replace('torch.', '')})" for k, v in expected.items()
+                 if v.is_floating_point() and not state[k].is_floating_point()]
+    if not_float:
+        raise CheckpointError(f"{uri}: not floating-point weights where the network needs them: {_listing(not_float)}")
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:
+        raise CheckpointError(f"{uri}: weights with NaN or infinite values (a diverged or corrupted training run?): "
+                              f"{_listing(non_finite)}")
 
 
 def _quality_model(meta: dict, uri):
