@@ -6,6 +6,7 @@
     vos query --output O "SELECT ..."          DuckDB over a run (python -m jobs.query)
     vos render --output O --video ID --to x.mp4
     vos report --output O --to report/
+    vos export --output O --to DIR --format davis|coco|sav|review [--where SQL]
 
 vos_core stays free of Ray, Parquet and DuckDB: its parser is extended here, not there. This
 module imports the subcommands' modules; none of them imports it back.
@@ -18,7 +19,7 @@ import sys
 
 from vos_core.cli import build_parser as build_core_parser
 
-from . import render, report
+from . import export, render, report
 from .command import run_command
 
 #: Commands handed over whole to another module's ``main(argv)`` (their own options and --help).
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=help_text, add_help=False)
     render.add_parser(sub)
     report.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 

@@ -7,7 +7,7 @@ import json
 import math
 from typing import TYPE_CHECKING
 
-from .flags import AREA_JUMP, AREA_MIN_PIXELS, SPIKE_MIN_RISE, SPIKE_Z
+from .flags import AREA_JUMP, AREA_MIN_PIXELS, REVIEW_QUALITY, SPIKE_MIN_RISE, SPIKE_Z
 
 if TYPE_CHECKING:
     from .report import VideoEntry
@@ -45,7 +45,7 @@ def _anchor(entry: VideoEntry) -> str:
 def _marker(entry: VideoEntry) -> str:
     if not entry.ok:
         return '<span class="failed">failed</span>'
-    return '<span class="review">review</span>' if entry.flags else '<span class="clean">ok</span>'
+    return '<span class="review">review</span>' if entry.review else '<span class="clean">ok</span>'
 
 
 def _flag_cell(entry: VideoEntry, limit: int = 12) -> str:
@@ -61,12 +61,16 @@ def _summary(run: dict, entries: list[VideoEntry]) -> list[tuple[str, str]]:
     frames = sum(e.row["frames"] or 0 for e in ok)
     seconds = sum(e.row["seconds"] or 0 for e in ok)
     items = [("videos", f"{len(entries)}: {len(ok)} ok, {len(entries) - len(ok)} failed, "
-                        f"{sum(1 for e in ok if e.flags)} to review"),
+                        f"{sum(1 for e in ok if e.review)} to review"),
              ("frames segmented", str(frames)),
              ("worker time", f"{seconds:.1f} s ({frames / seconds:.1f} frames/s per worker)" if seconds else "-")]
     for key in ("created_at", "checkpoint_uri", "model_checksum", "manifest", "shards", "schema_version"):
         if key in run:
             items.append((key, str(run[key])))
+    calibrated = {e.row.get("quality_calibrated") for e in ok} - {None}
+    if calibrated:
+        items.append(("quality estimate", "calibrated (fitted to ground truth)" if calibrated == {True} else
+                      "UNCALIBRATED fallback rule: ranks frames, is not a J" if calibrated == {False} else "mixed"))
     return items
 
 
@@ -81,7 +85,8 @@ def _table_row(e: VideoEntry) -> str:
     r = e.row
     return (f"<tr><td>{_marker(e)}</td><td><a href='#{_esc(_anchor(e))}'>{_esc(r['video_id'])}</a></td>"
             f"<td>{_esc(r['status'])}</td><td class='num'>{_num(r['frames'], 'd')}</td>"
-            f"<td class='num'>{_num(r['fps'], '.1f')}</td><td class='num'>{_num(e.mean_u, '.3f')}</td>"
+            f"<td class='num'>{_num(r['fps'], '.1f')}</td><td class='num'>{_num(r.get('quality_mean'), '.2f')}</td>"
+            f"<td class='num'>{_num(r.get('quality_min'), '.2f')}</td><td class='num'>{_num(e.mean_u, '.3f')}</td>"
             f"<td>{_esc(_flag_cell(e))}</td><td class='error'>{_esc(r['error'])}</td></tr>")
 
 
@@ -98,7 +103,10 @@ def _video_section(e: VideoEntry) -> list[str]:
     if e.note:
         out.append(f"<p class='error'>{_esc(e.note)}</p>")
     if e.flags:
-        out.append("<ul>" + "".join(f"<li>frame {f.frame_index}: {_esc(f.describe())}</li>" for f in e.flags) + "</ul>")
+        secondary = e.series is not None and e.series.has_quality
+        out.append("<ul>" + "".join(f"<li>frame {f.frame_index}: {_esc(f.describe())}"
+                                    f"{' (secondary)' if secondary and not f.primary else ''}</li>"
+                                    for f in e.flags) + "</ul>")
     return out + ["</section>"]
 
 
@@ -111,12 +119,14 @@ def render_html(run: dict, output_uri: str, entries: list[VideoEntry]) -> str:
     out += [f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in _summary(run, entries)]
     out += ["</table>", "<details><summary>settings</summary>", f"<pre>{_esc(_settings(run, entries))}</pre></details>",
             "<h2>Videos</h2>",
-            f"<p>Most in need of review first. Flagged: uncertainty spike (robust z &gt; {SPIKE_Z:g} and "
-            f"&ge; {SPIKE_MIN_RISE:g} above the video's median U), area jump (&gt; {AREA_JUMP:.0%} of the larger "
-            f"area between consecutive frames, objects &ge; {AREA_MIN_PIXELS} px), object lost (area drops to 0). "
-            f"Annotated frames are never flagged.</p>",
-            "<table><tr><th>review</th><th>video</th><th>status</th><th>frames</th><th>frames/s</th><th>mean U</th>"
-            "<th>flagged frames</th><th>error</th></tr>"]
+            f"<p>Most in need of review first. Flagged for review: a frame whose weakest mask has a predicted J "
+            f"(quality) below the run's threshold (<code>videos.review_quality</code>, default {REVIEW_QUALITY:g}). "
+            f"Secondary reasons, listed beside it (and deciding for runs without a quality estimate): uncertainty "
+            f"spike (robust z &gt; {SPIKE_Z:g} and &ge; {SPIKE_MIN_RISE:g} above the video's median U), area jump "
+            f"(&gt; {AREA_JUMP:.0%} of the larger area between consecutive frames, objects &ge; {AREA_MIN_PIXELS} "
+            f"px), object lost (area drops to 0). Annotated frames are never flagged.</p>",
+            "<table><tr><th>review</th><th>video</th><th>status</th><th>frames</th><th>frames/s</th>"
+            "<th>mean quality</th><th>min quality</th><th>mean U</th><th>flagged frames</th><th>error</th></tr>"]
     out += [_table_row(e) for e in entries]
     out.append("</table>")
     for e in entries:

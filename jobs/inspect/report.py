@@ -16,7 +16,7 @@ import numpy as np
 from .. import storage as st
 from ..layout import read_run
 from .draw import draw_objects, fit, hstack, label, object_colour, write_png
-from .flags import RULE_LOST, RULE_SPIKE, Flag, VideoSeries
+from .flags import RULE_LOST, RULE_SPIKE, Flag, VideoSeries, review_frames
 from .page import render_html
 from .read import connect, labelled_frames, load_labels, open_layout
 
@@ -41,7 +41,17 @@ class VideoEntry:
 
     @property
     def flagged_frames(self) -> list[int]:
-        return sorted({f.frame_index for f in self.flags})
+        """The frames to review: low quality where the run has a quality estimate, else any flag."""
+        return review_frames(self.flags, self.series is not None and self.series.has_quality)
+
+    @property
+    def review(self) -> bool:
+        return self.ok and bool(self.flagged_frames)
+
+    @property
+    def quality_mean(self) -> float | None:
+        q = self.row.get("quality_mean")
+        return None if q is None else float(q)
 
     @property
     def mean_u(self) -> float | None:
@@ -50,8 +60,10 @@ class VideoEntry:
         return float(np.nanmean(self.series.u_mean))
 
     def review_order(self):
-        """Failed videos first, then the most flagged frames, then the least certain."""
-        return (self.ok, -len(self.flagged_frames), -(self.mean_u or 0.0), str(self.row["video_id"]))
+        """Failed videos first, then the most flagged frames, then the lowest quality, then the least certain."""
+        q = self.quality_mean
+        return (self.ok, -len(self.flagged_frames), 2.0 if q is None else q, -(self.mean_u or 0.0),
+                str(self.row["video_id"]))
 
 
 def load_entries(con) -> list[VideoEntry]:
@@ -67,6 +79,8 @@ def load_entries(con) -> list[VideoEntry]:
         e = VideoEntry(v)
         if e.ok and by_video.get(v["video_id"]):
             e.series = VideoSeries.from_rows(by_video[v["video_id"]])
+            if v.get("review_quality") is not None:  # the threshold the job counted with
+                e.series.review_quality = float(v["review_quality"])
             e.flags = e.series.flags()
         entries.append(e)
     return sorted(entries, key=VideoEntry.review_order)
@@ -111,10 +125,21 @@ def make_plot(entry: VideoEntry, path: str) -> None:
     import matplotlib.pyplot as plt
 
     s = entry.series
-    fig, (ax_u, ax_a) = plt.subplots(2, 1, figsize=(8, 4.6), dpi=80, sharex=True)
+    if s.has_quality:
+        fig, (ax_q, ax_u, ax_a) = plt.subplots(3, 1, figsize=(8, 6.4), dpi=80, sharex=True)
+        for oid, q in s.qualities.items():
+            ax_q.plot(s.frame_index, q, color=np.asarray(object_colour(oid)) / 255, lw=1.4, label=f"object {oid}")
+        ax_q.axhline(s.review_quality, color="red", lw=0.8, ls="--", label=f"review below {s.review_quality:g}")
+        ax_q.set_ylabel("quality (pred. J)")
+        ax_q.set_ylim(0, 1.02)
+        ax_q.legend(loc="lower left", fontsize=7, ncol=4, frameon=False)
+        axes = (ax_q, ax_u, ax_a)
+    else:
+        fig, (ax_u, ax_a) = plt.subplots(2, 1, figsize=(8, 4.6), dpi=80, sharex=True)
+        axes = (ax_u, ax_a)
     ax_u.plot(s.frame_index, s.u_mean, color="0.4", lw=1.2, label="u_mean (frame)")
     ax_u.plot(s.frame_index, s.u_max_object, color="tab:orange", lw=1.2, label="u_max_object")
-    for ax in (ax_u, ax_a):
+    for ax in axes:
         for t in s.frame_index[s.annotated]:
             ax.axvline(t, color="tab:green", lw=0.8, alpha=0.5)
         for t in entry.flagged_frames:
@@ -129,7 +154,7 @@ def make_plot(entry: VideoEntry, path: str) -> None:
     for oid, area in s.areas.items():
         ax_a.plot(s.frame_index, area, color=np.asarray(object_colour(oid)) / 255, lw=1.4, label=f"object {oid}")
     for f in entry.flags:
-        if f.object_id is not None:
+        if f.object_id is not None and not f.primary:
             y = s.areas[f.object_id][s.frame_index == f.frame_index]
             ax_a.plot([f.frame_index], y, "rx" if f.rule == RULE_LOST else "r^", ms=7)
     ax_a.set_ylabel("mask area (px)")
