@@ -123,3 +123,62 @@ def test_manifest_on_s3(moto_s3, tmp_path, how, monkeypatch):  # noqa: F811
         storage = st.Storage.from_env()
     tasks = load_manifest(f"s3://{bucket}/in/m.parquet", storage)
     assert tasks[0] == VideoTask("00012", f"s3://{bucket}/in/videos/a.mp4", f"s3://{bucket}/in/masks/a", 3)
+
+
+def _row(**kw):
+    return {"video_id": "x", "video_uri": "a", "annotations_uri": "b", **kw}
+
+
+@pytest.mark.parametrize("value", [True, False, 2**31, 2147483648.0, "2147483648", 1e300, "1e999", 1.5, "nan", -0.5,
+                                   [3], {"f": 1}])
+def test_start_frame_the_output_cannot_hold_is_refused(tmp_path, value):
+    """Booleans are not frame numbers (JSON true was frame 1), and a frame index beyond int32 passed the
+    check and then failed the video's record, leaving it without a row."""
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(_row(start_frame=value)) + "\n")
+    with pytest.raises(ManifestError, match=r"row 1: start_frame must be a frame index 0\.\.2147483647"):
+        load_manifest(str(path))
+
+
+@pytest.mark.parametrize("value, frame", [(0, 0), (2**31 - 1, 2**31 - 1), ("7", 7), (" 7 ", 7), (7.0, 7), ("7.0", 7),
+                                          (None, None), ("", None)])
+def test_start_frame_values_accepted(tmp_path, value, frame):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(_row(start_frame=value)) + "\n")
+    assert load_manifest(str(path))[0].start_frame == frame
+
+
+def test_start_frame_in_parquet_bool_and_int64_columns(tmp_path):
+    for values, ok in (([True], False), ([2**31], False), ([5], True)):
+        path = tmp_path / "m.parquet"
+        pq.write_table(pa.Table.from_pylist([_row(start_frame=v) for v in values]), path)
+        if ok:
+            assert load_manifest(str(path))[0].start_frame == values[0]
+        else:
+            with pytest.raises(ManifestError, match="start_frame"):
+                load_manifest(str(path))
+
+
+@pytest.mark.parametrize("column", ["video_id", "video_uri", "annotations_uri"])
+def test_text_the_output_cannot_store_is_refused(tmp_path, column):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(_row(**{column: "a\ud800b"})) + "\n")  # written as the escape \ud800
+    assert "\\ud800" in path.read_text()
+    with pytest.raises(ManifestError, match=f"row 1: {column} is not valid Unicode text"):
+        load_manifest(str(path))
+
+
+def test_davis_root_of_symlinked_sequences(tmp_path):
+    """A DAVIS root assembled from links (sequence folders linked in, or the whole JPEGImages/) is read."""
+    root = tmp_path / "davis"
+    for sub in ("JPEGImages", "Annotations"):
+        (root / sub).mkdir(parents=True)
+        for seq in ("judo-a", "judo-b"):
+            (root / sub / seq).symlink_to(SAMPLE / "davis" / sub / seq, target_is_directory=True)
+    tasks = load_manifest(str(root))
+    assert [t.video_id for t in tasks] == ["judo-a", "judo-b"]
+    linked = tmp_path / "linked"
+    linked.symlink_to(root, target_is_directory=True)
+    assert [t.video_id for t in load_manifest(str(linked))] == ["judo-a", "judo-b"]
+    (root / "JPEGImages" / "dangling").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    assert [t.video_id for t in load_manifest(str(root))] == ["judo-a", "judo-b"]  # a dangling link is no sequence

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vos_core.io import read_id_map
+from vos_core.io._fs import entries
 
 cv2.setNumThreads(1)
 
@@ -75,8 +76,8 @@ def list_names(root: str, sub: str, exts=IMG_EXT) -> list[str]:
 
 def list_dirs(root: str, sub: str) -> list[str]:
     fs, base = _fs(root)
-    return sorted(d["name"].rstrip("/").rsplit("/", 1)[-1] for d in fs.ls(f"{base}/{sub}", detail=True)
-                  if d.get("type") == "directory")
+    return sorted(d["name"].rstrip("/").rsplit("/", 1)[-1] for d in entries(fs, f"{base}/{sub}")
+                  if d.get("type") == "directory")  # entries(): sequence folders may be symbolic links
 
 
 class DavisIndex:

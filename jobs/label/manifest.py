@@ -102,16 +102,41 @@ def _text(v) -> str | None:
     return str(v)
 
 
+#: The largest frame index the output can hold (``start_frame`` and ``frame_index`` are int32 columns).
+MAX_FRAME_INDEX = 2**31 - 1
+
+
 def _start_frame(v, where: str) -> int | None:
     if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip()):
         return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        f = float("nan")
-    if not math.isfinite(f) or f != int(f) or f < 0:
-        raise ManifestError(f"{where}: start_frame must be a frame index >= 0, got {v!r}")
-    return int(f)
+    bad = ManifestError(f"{where}: start_frame must be a frame index 0..{MAX_FRAME_INDEX}, got {v!r}")
+    if isinstance(v, bool):  # JSON true is not frame 1
+        raise bad
+    if isinstance(v, int):
+        f = v
+    else:
+        try:
+            f = float(str(v).strip()) if isinstance(v, str) else float(v)
+        except (TypeError, ValueError, OverflowError):
+            raise bad from None
+        if not math.isfinite(f) or f != int(f):
+            raise bad
+        f = int(f)
+    if not 0 <= f <= MAX_FRAME_INDEX:  # a value the int32 column cannot hold would fail the video's record
+        raise bad
+    return f
+
+
+def _check_text(row: dict, where: str) -> None:
+    """Text the Parquet output cannot store (a lone surrogate from a JSON ``\\ud800`` escape) would fail
+    the video's record, not the video: refuse it here."""
+    for column in REQUIRED + OPTIONAL:
+        v = row.get(column)
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ManifestError(f"{where}: {column} is not valid Unicode text: {v!r}") from None
 
 
 def validate(rows: list[dict], shown: str, base_dir: str = "") -> list[VideoTask]:
@@ -126,6 +151,7 @@ def validate(rows: list[dict], shown: str, base_dir: str = "") -> list[VideoTask
     tasks, seen = [], {}
     for i, r in enumerate(rows):
         where = f"{shown}: row {i + 1}"
+        _check_text(r, where)
         vid = _text(r.get("video_id"))
         if vid is None or not vid.strip():
             raise ManifestError(f"{where}: empty video_id (every video needs a non-empty, unique id)")

@@ -33,17 +33,32 @@ def stem_and_ext(path: str) -> tuple[str, str]:
     return stem, ext.lower()
 
 
+def entries(fs: fsspec.AbstractFileSystem, path: str) -> list[dict]:
+    """``fs.ls(path, detail=True)``, with symbolic links followed: fsspec's local listing types a
+    link as "other" whatever it points to, so a results folder assembled from links to sequence
+    folders (or a frame folder of linked JPEGs) would look empty. A dangling link is left out."""
+    out = []
+    for e in fs.ls(path, detail=True):
+        if e.get("islink"):
+            try:
+                e = {**fs.info(e["name"]), "name": e["name"]}  # info() of a path follows the link
+            except OSError:
+                continue
+        out.append(e)
+    return out
+
+
 def list_files(fs: fsspec.AbstractFileSystem, path: str, extensions: tuple[str, ...]) -> list[str]:
     """Files directly in ``path`` whose extension (case-insensitive) is in
     ``extensions``, sorted by file name."""
-    found = [e["name"] for e in fs.ls(path, detail=True)
+    found = [e["name"] for e in entries(fs, path)
              if e.get("type") == "file" and stem_and_ext(e["name"])[1] in extensions]
     return sorted(found, key=basename)
 
 
 def list_dirs(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
     """Sub-folders directly in ``path``, sorted by name."""
-    return sorted((e["name"].rstrip("/") for e in fs.ls(path, detail=True) if e.get("type") == "directory"),
+    return sorted((e["name"].rstrip("/") for e in entries(fs, path) if e.get("type") == "directory"),
                   key=basename)
 
 
