@@ -7,6 +7,10 @@
 Views: ``videos`` (every commit record), ``masks`` and ``frames`` (committed rows only),
 ``masks_all`` and ``frames_all`` (every data file); see jobs/inspect/read.py, which also gives
 them to Python (``connect(output)``, ``query(output, sql)``).
+
+The query runs sandboxed: one read-only statement (SELECT, EXPLAIN; DESCRIBE and SHOW too) that
+reads the run's own tables only, no other file, no URL, no extension install, no COPY/ATTACH.
+``--unsafe-sql`` runs any SQL with DuckDB's full file and network access.
 """
 from __future__ import annotations
 
@@ -98,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=TABLE_ROWS, help="rows the table format shows (0: all)")
     p.add_argument("--decode-video", metavar="ID", help="write this video's masks as PNGs (needs --to)")
     p.add_argument("--to", metavar="DIR", help="folder for --decode-video")
+    p.add_argument("--unsafe-sql", action="store_true",
+                   help="run any SQL (several statements, COPY ... TO, ATTACH, other files and URLs, extensions); "
+                        "default: one read-only query over the run's tables")
     st.add_storage_arguments(p)
     return p
 
@@ -112,9 +119,12 @@ def _run(args: argparse.Namespace) -> int:
         if not args.sql:
             return 0
     try:
-        tbl = query(args.output, args.sql, storage)
+        tbl = query(args.output, args.sql, storage, unsafe=args.unsafe_sql)
     except duckdb.Error as e:
-        print(f"vos query: error: {sql_error_line(e)}", file=sys.stderr)
+        line = sql_error_line(e)
+        if isinstance(e, duckdb.PermissionException):
+            line += " (the query may read the run's tables only; --unsafe-sql lifts this)"
+        print(f"vos query: error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     write_table(tbl, args.format, max_rows=args.max_rows)
     return 0

@@ -6,7 +6,10 @@
   ``status = 'ok'``, see jobs/label/commit.py), ``masks_all`` and ``frames_all`` (every data
   file, as a plain glob reads it). Each view has ``shard`` (the hive partition, e.g. ``'07'``).
   Remote outputs are read through fsspec (``duckdb.register_filesystem``): no DuckDB extension
-  is downloaded;
+  is downloaded (extension auto-install and auto-load are off). ``sandboxed=True`` then locks
+  the connection to reading the run's three tables (``lock_down``);
+* ``query(output, sql)``: one read-only statement (SELECT, EXPLAIN) on a sandboxed connection,
+  unless ``unsafe=True`` (``vos query --unsafe-sql``);
 * ``load_labels(layout, video_id)``: one committed video's frames and masks from its own files
   (no scan of the run), and ``labelled_frames`` to reopen its frames beside them;
 * ``decode_rle``, ``png_name``: a mask row to pixels, a frame to a file name.
@@ -29,6 +32,15 @@ from ..schema import SCHEMAS, TABLES
 
 class ReadError(BadInput):
     """What was asked for is not in the output (no run there, an unknown or failed video ...)."""
+
+
+class UnsafeQuery(BadInput):
+    """A query the sandbox refuses (more than one statement, or one that is not a read)."""
+
+
+#: Statement types ``query`` runs on a sandboxed connection: reads (DESCRIBE, SHOW and SUMMARIZE
+#: are SELECTs to DuckDB). COPY, ATTACH, INSTALL/LOAD, SET, CREATE ... are refused.
+READ_STATEMENTS = ("SELECT", "EXPLAIN")
 
 
 def _sql_str(s: str) -> str:
@@ -54,14 +66,19 @@ def open_layout(output: str, storage: st.Storage | None = None) -> Layout:
     return Layout(output, storage, shards=int(run.get("shards", DEFAULT_SHARDS)))
 
 
-def connect(output: str, storage: st.Storage | None = None, con=None):
+def connect(output: str, storage: st.Storage | None = None, con=None, *, sandboxed: bool = False):
     """A DuckDB connection with the views ``videos``, ``masks``, ``frames`` (committed rows),
-    ``masks_all`` and ``frames_all`` over the dataset at ``output``."""
+    ``masks_all`` and ``frames_all`` over the dataset at ``output``; ``sandboxed``: locked to
+    reading those tables (see ``lock_down``)."""
     import duckdb
     import pyarrow as pa
 
     layout = open_layout(output, storage)
     con = con or duckdb.connect()
+    # Never fetch an extension from the internet (an http:// URL or a function of an extension
+    # would otherwise make DuckDB download one): s3:// goes through the fsspec filesystem below.
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
     if not st.is_local(layout.fs):
         con.register_filesystem(layout.fs)
     for table in TABLES:
@@ -78,14 +95,46 @@ def connect(output: str, storage: st.Storage | None = None, con=None):
             SELECT t.* FROM {table}_all AS t
             SEMI JOIN (SELECT video_id, attempt FROM videos WHERE status = 'ok') AS c
               ON t.video_id = c.video_id AND t.attempt = c.attempt""")
+    if sandboxed:
+        lock_down(con, layout)
     return con
 
 
-def query(output: str, sql: str, storage: st.Storage | None = None):
-    """Runs ``sql`` over the views; returns a pyarrow Table (empty for a statement without a result)."""
+def lock_down(con, layout: Layout) -> None:
+    """Only the run's own tables can be read from now on: DuckDB's external access is off except
+    for the folders of ``masks``, ``frames`` and ``videos`` (no other file, no URL, no ATTACH, no
+    extension install), and the configuration is locked so that SQL cannot undo it. Writes into
+    those folders (COPY ... TO) are left to ``check_read_only``, which refuses every statement
+    but a read."""
+    allowed = ", ".join(_sql_str(layout.url(t) + "/") for t in TABLES)
+    con.execute(f"SET allowed_directories = [{allowed}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def check_read_only(con, sql: str):
+    """The one statement of ``sql`` when it is a read (``READ_STATEMENTS``); else UnsafeQuery.
+    A syntax error is DuckDB's own error."""
+    statements = con.extract_statements(sql)
+    hint = "(--unsafe-sql runs any SQL, with full file and network access)"
+    if len(statements) != 1:
+        raise UnsafeQuery(f"give exactly one SQL statement, got {len(statements)} {hint}")
+    kind = {"LOAD": "INSTALL/LOAD"}.get(statements[0].type.name, statements[0].type.name)  # DuckDB's name for both
+    if kind not in READ_STATEMENTS:
+        raise UnsafeQuery(f"only a read-only query ({', '.join(READ_STATEMENTS)}) over the run's tables is run, "
+                          f"not {kind} {hint}")
+    return statements[0]
+
+
+def query(output: str, sql: str, storage: st.Storage | None = None, *, unsafe: bool = False):
+    """Runs ``sql`` over the views; returns a pyarrow Table (empty for a statement without a result).
+    Unless ``unsafe``: one read-only statement, on a connection that reads the run's tables only."""
     import pyarrow as pa
 
-    rel = connect(output, storage).sql(sql)
+    con = connect(output, storage, sandboxed=not unsafe)
+    if not unsafe:
+        check_read_only(con, sql)
+    rel = con.sql(sql)
     return pa.table({}) if rel is None else rel.to_arrow_table()
 
 
