@@ -22,7 +22,7 @@ import numpy as np
 
 from ..codec import decode_rle
 from ..errors import BadInput
-from .read import connect
+from .read import UnsafeQuery, check_read_only, connect, lock_down, open_layout
 
 #: DuckDB's memory for the selection's sort; beyond it, it spills to a temporary folder.
 EXPORT_MEMORY = "1GB"
@@ -88,10 +88,12 @@ def check_predicate(con, where: str) -> str:
     where = (where or "").strip()
     if not where:
         return "TRUE"
-    if ";" in where.replace("';'", ""):
-        raise SelectionError(f"--where must be one expression, not statements: {where!r}")
-    try:  # bound against the view now (LIMIT 0: nothing read but the schema) so an error names the predicate
-        con.sql(f"SELECT * FROM masks WHERE ({where}) LIMIT 0").fetchall()
+    sql = f"SELECT * FROM masks WHERE ({where}) LIMIT 0"
+    try:  # one read statement, bound against the view now (LIMIT 0: nothing read but the schema)
+        check_read_only(con, sql)
+        con.sql(sql).fetchall()
+    except UnsafeQuery:
+        raise SelectionError(f"--where must be one expression over masks, not statements: {where!r}") from None
     except duckdb.Error as e:
         raise SelectionError(f"--where {where!r}: {str(e).splitlines()[0]}") from None
     return f"({where})"
@@ -108,6 +110,7 @@ class Selection:
         self._tmp = tempfile.mkdtemp(prefix="vos-export-")
         self.con.execute(f"SET memory_limit = '{EXPORT_MEMORY}'")
         self.con.execute(f"SET temp_directory = '{self._tmp}'")
+        lock_down(self.con, open_layout(output, storage))  # --where reads the run's tables, nothing else
         self.where = check_predicate(self.con, where)
         self.whole_frames = whole_frames
         self.frame_keys = None

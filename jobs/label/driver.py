@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from .. import storage as st
 from ..errors import EXIT_OK, EXIT_VIDEOS_FAILED
-from ..layout import Layout
+from ..layout import Layout, read_run
 from . import inputs
 from .commit import clear_staging, write_failed
 from .manifest import VideoTask
@@ -43,6 +43,8 @@ class Plan:
     worker: WorkerConfig
     tasks: list[VideoTask]
     pending: list[VideoTask]
+    rejected: dict = None  # corrections run: {video_id: why its corrections were refused} (failed records)
+    unchanged: list = None  # corrections run: videos whose masks came back as they were
 
 
 def checksum(uri: str, storage: st.Storage) -> str:
@@ -82,26 +84,46 @@ def _layout(options: JobOptions, storage: st.Storage) -> tuple[Layout, str | Non
 def plan(options: JobOptions) -> Plan:
     """Everything checked before Ray starts: manifest, checkpoint, output and run record."""
     storage = options.storage()
-    tasks = inputs.load_tasks(options.manifest, storage, options.davis_resolution, options.limit)
+    fixes = None
+    if options.corrections:  # re-segment the corrected videos of --parent (jobs/label/corrections.py)
+        from . import corrections
+
+        fixes = corrections.prepare(options, storage)
+        options, tasks = fixes.options, fixes.tasks
+    else:
+        tasks = inputs.load_tasks(options.manifest, storage, options.davis_resolution, options.limit)
     model_checksum, settings = check_checkpoint(options, storage)
     layout, run_id = _layout(options, storage)
     manifest = options.manifest
-    if inputs.needs_sample_copy(manifest):
+    if fixes is None and inputs.needs_sample_copy(manifest):
         manifest = layout.url(inputs.SAMPLE_COPY, "manifest.csv")
-    run_id, resumed = open_run(layout, run_id, {"model_checksum": model_checksum, "settings": settings,
-                                                "checkpoint_uri": options.checkpoint, "manifest": manifest})
-    if manifest != options.manifest:  # the sample corpus, read from its copy next to the output
+    info = {"model_checksum": model_checksum, "settings": settings, "checkpoint_uri": options.checkpoint,
+            "manifest": manifest, **(fixes.record if fixes else {})}
+    run_id, resumed = open_run(layout, run_id, info)
+    if fixes is not None:
+        tasks = fixes.stage(layout)
+    elif manifest != options.manifest:  # the sample corpus, read from its copy next to the output
         inputs.copy_sample(layout)
         tasks = inputs.load_tasks(manifest, storage, options.davis_resolution, options.limit)
     done = committed(layout, run_id)
+    rejected = {}
+    if fixes is not None:  # corrections that cannot be used fail their video only
+        for vid, why in fixes.rejected.items():
+            rejected[vid] = why
+            if vid not in done:
+                v = fixes.parent.videos.get(vid, {})
+                write_failed(layout, vid, run_id, why, "CorrectionError", video_uri=v.get("video_uri"),
+                             annotations_uri=v.get("annotations_uri"), model_checksum=model_checksum,
+                             checkpoint_uri=options.checkpoint, settings=settings)
     redo = {"failed"} if options.retry_failed else set()
     pending = [t for t in tasks if t.video_id not in done or done[t.video_id] in redo]
     worker = WorkerConfig(checkpoint=options.checkpoint, model_checksum=model_checksum, output=layout.uri,
                           shards=layout.shards, run_id=run_id, settings=settings, endpoint_url=storage.endpoint_url,
                           storage_options=storage.options, gpus_per_actor=options.gpus_per_actor,
                           cpus_per_actor=options.cpus_per_actor, prefetch=options.prefetch,
-                          encode_thread=not options.encode_inline)
-    return Plan(run_id, resumed, layout, manifest, worker, tasks, pending)
+                          encode_thread=not options.encode_inline, review_quality=options.review_quality)
+    return Plan(run_id, resumed, layout, manifest, worker, tasks, pending, rejected,
+                fixes.unchanged if fixes else [])
 
 
 def _worker_died(p: Plan, task: VideoTask, options: JobOptions) -> dict:
@@ -140,6 +162,10 @@ def run(options: JobOptions) -> int:
     if p.manifest != options.manifest:
         print(f"sample corpus copied next to the output: this driver runs from Ray's temporary working-dir package "
               f"{inputs.ray_package_root()}, which goes when the job ends", flush=True)
+    if options.corrections:
+        print(f"corrections {options.corrections} for run {read_run(p.layout).get('parent_run')!r}: "
+              f"{len(p.tasks)} video(s) to re-segment, {len(p.rejected)} refused, {len(p.unchanged)} handed back "
+              f"unchanged (not re-run)", flush=True)
     print(f"vos pseudo-label run {p.run_id}{' (resumed)' if p.resumed else ''}: {len(p.tasks)} video(s) in "
           f"{p.manifest}; output {p.layout.url()}", flush=True)
     progress = Progress(total=len(p.pending), skipped=len(p.tasks) - len(p.pending), interval=options.progress_interval)
@@ -157,4 +183,7 @@ def run(options: JobOptions) -> int:
         print(f"failed videos ({len(progress.failures)}):", flush=True)
         for vid, err in progress.failures[:FAILURES_SHOWN]:
             print(f"  {vid!r}: {err}", flush=True)
-    return EXIT_VIDEOS_FAILED if (options.fail_on_error and progress.failed) else EXIT_OK
+    for vid, why in (p.rejected or {}).items():
+        print(f"  corrections refused for {vid!r}: {why}", flush=True)
+    failed = progress.failed or bool(p.rejected)
+    return EXIT_VIDEOS_FAILED if (options.fail_on_error and failed) else EXIT_OK
