@@ -92,13 +92,7 @@ def test_row_groups_bound_memory(tmp_path, monkeypatch):
 def test_retry_overwrites_and_crash_before_record_is_invisible_to_views(tmp_path):
     out = str(tmp_path / "out")
     layout = lo.Layout(out, st.Storage())
-    # attempt 1 publishes its data files, then "dies" before its commit record
-    vc = cm.VideoCommit(layout, "v", "r1")
-    vc.begin()
-    for t in range(3):
-        vc.add(fake_result(t))
-    for table in ("frames", "masks"):
-        vc._files[table].publish()
+    vc = _crashed_attempt(layout, "v")  # attempt 1 publishes its data files, then "dies" before its record
     con = connect(out)
     assert con.sql("select count(*) from masks").fetchall()[0][0] == 0  # not committed: views hide it
     assert con.sql("select count(*) from masks_all").fetchall()[0][0] == 6  # a plain glob sees the whole file
@@ -112,10 +106,22 @@ def test_retry_overwrites_and_crash_before_record_is_invisible_to_views(tmp_path
     assert rr.committed(layout, "r1") == {"v": "ok"}
 
 
+def _crashed_attempt(layout, vid, frames=3):
+    """An attempt that published its data files and died before its commit record."""
+    vc = cm.VideoCommit(layout, vid, "r1")
+    vc.begin()
+    for t in range(frames):
+        vc.add(fake_result(t))
+    for table in ("frames", "masks"):
+        vc._files[table].publish()
+    return vc
+
+
 def test_failure_removes_earlier_rows_and_records_reason(tmp_path):
     out = str(tmp_path / "out")
     layout = lo.Layout(out, st.Storage())
-    commit_video(layout, "v")  # e.g. a previous crashed attempt's files (and even a record)
+    _crashed_attempt(layout, "v")  # a previous crashed attempt's files, no record
+    assert read_table(out, "masks").num_rows == 6
     vc = cm.VideoCommit(layout, "v", "r1")
     vc.begin()
     vc.add(fake_result(0))
@@ -125,6 +131,38 @@ def test_failure_removes_earlier_rows_and_records_reason(tmp_path):
     assert by_id["v"]["error"] == "x.png: cannot decode" and by_id["v"]["error_type"] == "AnnotationError"
     assert rr.committed(layout, "r1") == {"v": "failed"}
     assert not list((tmp_path / "out" / "_staging").glob("*"))
+    # a failed video that fails again (--retry-failed) gets the new reason
+    cm.write_failed(layout, "v", "r1", "still bad", "AnnotationError")
+    assert assert_exactly_once(out, set())["v"]["error"] == "still bad"
+
+
+def test_a_failure_never_deletes_what_another_attempt_committed(tmp_path):
+    """E.g. an actor that committed and died before reporting it, then the driver's WorkerDied record;
+    or any other attempt failing after one committed: the committed rows and their record stay."""
+    out = str(tmp_path / "out")
+    layout = lo.Layout(out, st.Storage())
+    ok, _ = commit_video(layout, "v")
+    late = cm.VideoCommit(layout, "v", "r1")
+    late.begin()
+    late.add(fake_result(0))
+    kept = late.fail("its actor died", "WorkerDied")
+    assert kept["status"] == "ok" and kept["attempt"] == ok["attempt"]
+    assert cm.write_failed(layout, "v", "r1", "no result", "WorkerDied")["attempt"] == ok["attempt"]
+    by_id = assert_exactly_once(out, {"v"})
+    assert by_id["v"]["attempt"] == ok["attempt"] and by_id["v"]["masks_rows"] == 6
+    # the record of another run at this output is no reason to keep anything (resume rules refuse that run anyway)
+    assert cm.write_failed(layout, "v", "r2", "bad", "VideoReadError")["status"] == "failed"
+
+
+def test_a_failed_record_with_a_field_the_schema_cannot_hold_is_still_written(tmp_path):
+    out = str(tmp_path / "out")
+    layout = lo.Layout(out, st.Storage())
+    row = cm.write_failed(layout, "v", "r1", "video.mp4: cannot decode", "VideoReadError", start_frame=2**31,
+                          video_uri="v.mp4")
+    rec, = read_table(out, "videos").to_pylist()
+    assert rec["status"] == "failed" and rec["error_type"] == "VideoReadError" and rec["start_frame"] is None
+    assert rec["error"].startswith("video.mp4: cannot decode (the record's other fields could not be stored")
+    assert row["error"] == rec["error"] and rr.committed(layout, "r1") == {"v": "failed"}
 
 
 def test_abort_publishes_nothing_locally(tmp_path):

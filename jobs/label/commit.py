@@ -14,7 +14,12 @@ Per video (``VideoCommit``):
 4. Failure (bad input, any exception): abort the open uploads, DELETE the video's masks/frames
    files (a crashed earlier attempt may have left them), then PUT the record with
    ``status='failed'`` and the error (``write_failed``; the driver uses it too, for a video
-   whose workers kept dying).
+   whose workers kept dying). A video already committed ``ok`` by another attempt is left alone.
+   When not even the failed record can be written (read-only or full output), the worker reports
+   ``committed: False`` and the driver exits 3: the rerun does the video again.
+
+One driver writes a run at a time: it holds the run's lease (jobs/label/lease.py) from before
+``_run.json`` to its end, so the steps above never race with another driver's attempts.
 
 What readers see:
 
@@ -68,15 +73,47 @@ def _put_record(layout: Layout, row: dict) -> None:
     st.put_atomic(layout.fs, layout.data_path("videos", row["video_id"]), one_row_file("videos", row), layout.staging)
 
 
+#: What a ``failed`` record keeps when one of its other fields cannot be stored (written anyway,
+#: so that the video has a row and the run says why).
+_FAILED_ESSENTIALS = ("video_id", "video_key", "run_id", "schema_version", "worker", "status", "error", "error_type",
+                      "frames", "masks_rows", "attempts", "attempt", "started_at", "finished_at")
+
+
+def committed_record(layout: Layout, video_id: str, run_id: str) -> dict | None:
+    """The video's ``ok`` record of this run, if there is one (a missing or unreadable record: None)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(layout.data_path("videos", video_id), filesystem=layout.fs).to_pylist()
+    except (OSError, pa.ArrowException):
+        return None
+    row = rows[0] if rows else None
+    return row if row and row.get("status") == "ok" and row.get("run_id") == run_id else None
+
+
 def write_failed(layout: Layout, video_id: str, run_id: str, error: str, error_type: str, **fields) -> dict:
-    """Step 4: deletes the video's data files, then writes its ``failed`` record. Returns the record."""
+    """Step 4: deletes the video's data files, then writes its ``failed`` record. Returns the record.
+
+    A video another attempt of the run has committed (``ok``) is left as it is and its record
+    returned: a failure never deletes what was committed (e.g. an attempt that committed and whose
+    actor died before reporting it, when the driver then records the video as WorkerDied)."""
+    done = committed_record(layout, video_id, run_id)
+    if done is not None and done.get("attempt") != fields.get("attempt"):
+        return done
     for table in ("masks", "frames"):
         st.remove(layout.fs, layout.data_path(table, video_id))
     fields.setdefault("attempts", count_attempts(layout, video_id))
     fields.setdefault("finished_at", now())
     row = video_row(video_id, run_id, status="failed", error=error, error_type=error_type, frames=0, masks_rows=0,
                     **fields)
-    _put_record(layout, row)
+    try:
+        data = one_row_file("videos", row)
+    except (OverflowError, TypeError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        row = {k: row[k] for k in _FAILED_ESSENTIALS if k in row}
+        row["error"] = f"{error} (the record's other fields could not be stored: {type(e).__name__}: {e})"
+        data = one_row_file("videos", row)
+    st.put_atomic(layout.fs, layout.data_path("videos", video_id), data, layout.staging)
     return row
 
 
@@ -160,8 +197,15 @@ class VideoCommit:
                             finished_at=finished, attempt=self.attempt, **fields)
 
 
-def clear_staging(layout: Layout) -> None:
-    """Removes temporary files left by killed workers (local filesystems). Call when no worker runs."""
+def clear_staging(layout: Layout) -> bool:
+    """Removes temporary files left by killed workers (local filesystems). Call when no worker of
+    the run is running: the driver does, at its end, while it still holds the run's lease
+    (jobs/label/lease.py), so no other driver's workers can be writing there. False when they could
+    not be removed (a read-only or full output: the next run removes them)."""
     fs = layout.fs
-    if st.is_local(fs) and fs.exists(layout.staging):
-        fs.rm(layout.staging, recursive=True)
+    try:
+        if st.is_local(fs) and fs.exists(layout.staging):
+            fs.rm(layout.staging, recursive=True)
+    except OSError:
+        return False
+    return True
