@@ -81,3 +81,34 @@ def test_a_bad_frame_fails_its_own_stream_only(seg):
     assert np.abs(solo[1].probs - r2.probs).max() < 1e-4
     with pytest.raises(ValueError, match="one request per session"):
         step_many([StepRequest(s2, f2[2]), StepRequest(s2, f2[2])])
+
+
+def test_threads_through_the_batcher_equal_their_solo_runs(seg):
+    """Four videos of different lengths, one thread each, through a StreamBatcher: each gets its solo
+    results, and frames really were batched."""
+    import threading
+
+    from vos_core.inference.batcher import StreamBatcher
+
+    videos = [video(5, 48, 80, 1, 11), video(3, 48, 80, 2, 12), video(6, 48, 80, 1, 13), video(2, 64, 96, 1, 14)]
+    solo = [list(seg.run(f, {0: a})) for f, a in videos]
+    batcher = StreamBatcher(seg, max_wait_s=0.05)
+    got, errors = {}, []
+
+    def work(i):
+        try:
+            frames, ann = videos[i]
+            got[i] = list(batcher.run(frames, {0: ann}))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(videos))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and all(not t.is_alive() for t in threads)
+    for i in range(len(videos)):
+        assert_same(solo[i], got[i])
+    assert batcher.batched_frames == sum(len(v[0]) for v in videos)
+    assert batcher.rounds < batcher.batched_frames  # some rounds held several streams' frames

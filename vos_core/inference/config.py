@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class SegmenterConfig:
     precision: str = "fp32"
     channels_last: bool = True  # NHWC convolutions (faster with oneDNN and cuDNN, same results)
     fold_bn: bool = True  # run a copy of the model with batch norm folded into the convolutions
+    #: torch.compile the fixed-shape parts (encoders, key/value, decoder; the bank read stays eager for its
+    #: changing shapes): "off", or a torch.compile mode ("reduce-overhead": CUDA graphs on a GPU). Each new
+    #: frame size or object count compiles once; see BENCHMARKS.md for when it pays.
+    compile: str = "off"
 
     def __post_init__(self):
         def bad(name, why):
@@ -54,6 +59,8 @@ class SegmenterConfig:
             bad("size", "must be a positive number of pixels, 0 (input size) or None (the checkpoint's)")
         if self.precision not in PRECISIONS:
             bad("precision", f"must be one of {list(PRECISIONS)}")
+        if self.compile not in COMPILE_MODES:
+            bad("compile", f"must be one of {list(COMPILE_MODES)}")
         if not 0.0 <= self.u_threshold <= 1.0:
             bad("u_threshold", "must be in [0, 1]")
 
@@ -100,11 +107,14 @@ def add_arguments(parser, *, runtime: bool = True) -> None:
     if runtime:
         parser.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                             help=f"network precision (autocast); fp32 is exact (default {d.precision})")
+        parser.add_argument("--compile", default=d.compile, choices=COMPILE_MODES,
+                            help=f"torch.compile the encoders and decoder (default {d.compile})")
 
 
 def from_args(args: argparse.Namespace, **overrides) -> SegmenterConfig:
     """SegmenterConfig from options added by :func:`add_arguments` (absent ones keep their defaults)."""
-    names = ("size", "budget", "merge_thres", "update_rate", "u_threshold", "resize_annotations", "precision")
+    names = ("size", "budget", "merge_thres", "update_rate", "u_threshold", "resize_annotations", "precision",
+             "compile")
     values = {n: getattr(args, n) for n in names if hasattr(args, n)}
     values["resize_annotations"] = bool(values.get("resize_annotations", False))
     values.update(overrides)

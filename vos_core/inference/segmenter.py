@@ -16,7 +16,10 @@ side by side.
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Iterable, Iterator, Mapping
+
+import torch
 
 from ..errors import AnnotationError
 from ..model.fuse import fold_batchnorm
@@ -52,10 +55,13 @@ class Segmenter:
         self.source_model = model
         if config.fold_bn and not model.training:
             model = fold_batchnorm(model)
+        if config.compile != "off" and model is self.source_model:
+            model = copy.deepcopy(model)  # compiling replaces submodules: never on the caller's model
         if config.channels_last:
-            import torch
-
             model = model.to(memory_format=torch.channels_last)
+        if config.compile != "off":
+            for name in ("encoder_m", "encoder_q", "keyval_r4", "decoder"):
+                setattr(model, name, torch.compile(getattr(model, name), mode=config.compile, dynamic=False))
         self.model = model
         self.memory_factory = memory
         #: signals -> predicted J: the checkpoint's fitted estimator, else the uncalibrated rule
