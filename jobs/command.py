@@ -19,6 +19,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A parser whose usage errors are one line on stderr and exit status 2, like every other bad
+    input of the commands (argparse prints the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def run_command(name: str, fn: Callable[[], int]) -> int:
     """Runs ``fn``; bad input becomes ``<name>: error: <message>`` on stderr and exit status 2."""
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_VIDEOS_FAILED = 1  # pseudo-label --fail-on-error: the run finished, but a video failed
 EXIT_BAD_INPUT = 2  # = vos_core.cli.EXIT_BAD_INPUT (not imported: that would load torch)
+EXIT_INCOMPLETE = 3  # pseudo-label: a video's outcome could not be recorded (or the run's lease was lost): rerun
 
 
 class BadInput(ValueError):

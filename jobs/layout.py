@@ -4,6 +4,7 @@ the readers open (``_run.json`` and the ``videos`` commit records).
 Layout of one run's dataset under ``--output`` (any fsspec URL)::
 
     _run.json                                  run id, shard count, settings, model checksum (written first)
+    _lease.json                                who is writing the run now (jobs/label/lease.py)
     masks/shard=NN/<video_key>.parquet         one file per video: its mask rows
     frames/shard=NN/<video_key>.parquet        one file per video: its frame rows
     videos/shard=NN/<video_key>.parquet        one file per video, ONE row: the commit record (written last)
@@ -34,6 +35,7 @@ from .schema import SCHEMAS
 
 DEFAULT_SHARDS = 16
 RUN_FILE = "_run.json"
+LEASE_FILE = "_lease.json"
 STAGING = "_staging"
 ATTEMPTS = "_attempts"
 SAMPLE_COPY = "_sample_corpus"

@@ -19,7 +19,7 @@ import sys
 from vos_core.inference import config as segmenter_options
 
 from . import storage as st
-from .command import HelpFormatter, run_command
+from .command import HelpFormatter, OneLineErrors, run_command
 from .label.options import DEFAULT_OUTPUT_ROOT, JOB_OUTPUTS, ActorPool, JobOptions
 
 D = JobOptions()  # the defaults, shown in --help
@@ -29,11 +29,11 @@ def _actors(spec: str) -> ActorPool:
     try:
         return ActorPool.parse(spec)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--actors: {e}") from None
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineErrors(
         prog="python -m jobs.pseudo_label", formatter_class=HelpFormatter,
         description="Pseudo-label videos with AFB-URR on Ray; writes masks/, frames/ and videos/ Parquet tables. "
                     "With no arguments: the sample corpus, the shipped weights, a local Ray, ./vos_output/<run_id>.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from contextlib import closing
 
@@ -86,7 +87,12 @@ def cmd_segment(args) -> int:
     if is_local(fs):  # object stores have no folders to create
         if fs.isfile(out_path):
             raise VOSInputError(f"--output {output}: is a file, not a folder")
-        fs.makedirs(out_path, exist_ok=True)
+        try:
+            fs.makedirs(out_path, exist_ok=True)
+        except OSError as e:  # under a file, or a read-only parent
+            raise VOSInputError(f"--output {output}: cannot create the folder: {e.strerror or e}") from None
+        if not os.access(out_path, os.W_OK | os.X_OK):  # also False on a read-only file system, even for root
+            raise VOSInputError(f"--output {output}: is not writable (a read-only folder or file system)")
     try:
         total = len(frames)
     except TypeError:

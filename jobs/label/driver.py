@@ -18,9 +18,9 @@ import os
 from dataclasses import dataclass, replace
 
 from .. import storage as st
-from ..errors import EXIT_OK, EXIT_VIDEOS_FAILED
+from ..errors import EXIT_INCOMPLETE, EXIT_OK, EXIT_VIDEOS_FAILED
 from ..layout import Layout, read_run
-from . import inputs
+from . import inputs, lease
 from .commit import clear_staging, write_failed
 from .manifest import VideoTask
 from .options import DEFAULT_OUTPUT_ROOT, JobOptions
@@ -94,6 +94,7 @@ def plan(options: JobOptions) -> Plan:
         tasks = inputs.load_tasks(options.manifest, storage, options.davis_resolution, options.limit)
     model_checksum, settings = check_checkpoint(options, storage)
     layout, run_id = _layout(options, storage)
+    lease.claim(layout)  # one driver per output (exit 2 while another holds it); checks the output can be used
     manifest = options.manifest
     if fixes is None and inputs.needs_sample_copy(manifest):
         manifest = layout.url(inputs.SAMPLE_COPY, "manifest.csv")
@@ -135,8 +136,17 @@ def _worker_died(p: Plan, task: VideoTask, options: JobOptions) -> dict:
                         settings=p.worker.settings)
 
 
-def _run_pool(p: Plan, options: JobOptions, progress: Progress) -> None:
+def _unrecorded(task: VideoTask, e: Exception) -> dict:
+    return {"video_id": task.video_id, "status": "failed", "committed": False, "frames": 0, "error_type": "WorkerDied",
+            "error": f"no result (its worker kept dying), and its failure record could not be written: "
+                     f"{type(e).__name__}: {e}"}
+
+
+def _run_pool(p: Plan, options: JobOptions, progress: Progress) -> list[str]:
+    """Runs the pool over the pending videos; returns those whose outcome could not be recorded."""
     from .pool import label_videos, live_frames, pool_size, ray_session
+
+    unrecorded = []
 
     with ray_session(options), live_frames() as (live_name, live):
         progress.live = live
@@ -149,15 +159,39 @@ def _run_pool(p: Plan, options: JobOptions, progress: Progress) -> None:
             for r in label_videos(p.pending, replace(p.worker, live_actor=live_name), options, lo, hi):
                 seen.add(r["video_id"])
                 progress.video_done(r)
+                if r.get("committed") is False:  # not even its failure record could be written
+                    unrecorded.append(r["video_id"])
+                if lease.current():
+                    lease.current().check()  # taken over by another driver: stop writing
             for t in p.pending:  # no result: its actor died more than --max-retries times
                 if t.video_id not in seen:
-                    progress.video_done(_worker_died(p, t, options))
+                    try:
+                        r = _worker_died(p, t, options)
+                    except Exception as e:  # a read-only or full output
+                        r = _unrecorded(t, e)
+                        unrecorded.append(t.video_id)
+                    progress.video_done(r)
         finally:
             progress.stop()  # before Ray goes: the heartbeat asks the LiveFrames actor
+    return unrecorded
 
 
 def run(options: JobOptions) -> int:
-    """The job. Returns the exit status (0, or 1 with ``fail_on_error`` when a video failed)."""
+    """The job. Returns the exit status: 0; 1 with ``fail_on_error`` when a video failed; 3 when a
+    video's outcome could not be recorded or the run's lease was lost (rerun to finish). The run's
+    lease (jobs/label/lease.py) is held from before anything is written to the end."""
+    from .pool import check_ray_options
+
+    check_ray_options(options)
+    with lease.scope():
+        try:
+            return _run(options)
+        except lease.LeaseLost as e:
+            print(f"vos pseudo-label: stopped: {e}", flush=True)
+            return EXIT_INCOMPLETE
+
+
+def _run(options: JobOptions) -> int:
     p = plan(options)
     if p.manifest != options.manifest:
         print(f"sample corpus copied next to the output: this driver runs from Ray's temporary working-dir package "
@@ -169,9 +203,10 @@ def run(options: JobOptions) -> int:
     print(f"vos pseudo-label run {p.run_id}{' (resumed)' if p.resumed else ''}: {len(p.tasks)} video(s) in "
           f"{p.manifest}; output {p.layout.url()}", flush=True)
     progress = Progress(total=len(p.pending), skipped=len(p.tasks) - len(p.pending), interval=options.progress_interval)
+    unrecorded = []
     try:
         if p.pending:
-            _run_pool(p, options, progress)
+            unrecorded = _run_pool(p, options, progress)
         else:
             progress.start()
     finally:
@@ -185,5 +220,10 @@ def run(options: JobOptions) -> int:
             print(f"  {vid!r}: {err}", flush=True)
     for vid, why in (p.rejected or {}).items():
         print(f"  corrections refused for {vid!r}: {why}", flush=True)
+    if unrecorded:
+        print(f"run incomplete: {len(unrecorded)} video(s) have no record, their outcome could not be written to "
+              f"{p.layout.url()} (read-only or full?, see above); rerun the same command to finish them: "
+              f"{', '.join(repr(v) for v in unrecorded[:FAILURES_SHOWN])}", flush=True)
+        return EXIT_INCOMPLETE
     failed = progress.failed or bool(p.rejected)
     return EXIT_VIDEOS_FAILED if (options.fail_on_error and failed) else EXIT_OK

@@ -31,12 +31,15 @@ class ActorPool:
         spec = str(spec).strip().lower()
         if spec == "auto":
             return cls()
-        for sep in (":", "-", ","):
-            if sep in spec:
-                lo, hi = (int(v) for v in spec.split(sep, 1))
-                break
-        else:
-            lo = hi = int(spec)
+        try:
+            for sep in (":", "-", ","):
+                if sep in spec:
+                    lo, hi = (int(v) for v in spec.split(sep, 1))
+                    break
+            else:
+                lo = hi = int(spec)
+        except ValueError:
+            raise ValueError(f"expected N, MIN:MAX or auto (whole numbers >= 1), got {spec!r}") from None
         if lo < 1 or hi < lo:
             raise ValueError(f"need 1 <= min <= max, got {spec!r}")
         return cls(lo, hi)
@@ -77,7 +80,9 @@ class JobOptions:
     def __post_init__(self):
         object.__setattr__(self, "segmenter", self.segmenter.replace(**JOB_OUTPUTS))
         checks = {"prefetch": self.prefetch >= 1, "shards": self.shards >= 1, "max_retries": self.max_retries >= 0,
-                  "gpus_per_actor": self.gpus_per_actor >= 0, "cpus_per_actor": self.cpus_per_actor > 0,
+                  "gpus_per_actor": 0 <= self.gpus_per_actor < float("inf"),
+                  "cpus_per_actor": 0 < self.cpus_per_actor < float("inf"),
+                  "num_cpus": self.num_cpus is None or self.num_cpus >= 1,
                   "limit": self.limit is None or self.limit >= 0, "review_quality": 0.0 <= self.review_quality <= 1.0}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -9,33 +9,116 @@ import uuid
 import warnings
 from typing import Iterator
 
+from ..errors import BadInput
+from . import reaper
 from .manifest import VideoTask
 from .options import JobOptions
 from .progress import LiveFrames
 from .quiet import without_lines
 from .worker import VideoLabeler, WorkerConfig
 
+#: Where the job's own local Ray listens (GCS, raylet, workers, dashboard): this machine only.
+LOCAL_HOST = "127.0.0.1"
+#: Ray's C++ client logs this once a second for 20 s when a cluster refuses it: one line says it instead.
+_AUTH_RETRY_LINE = (b"Failed to get cluster ID from GCS server: Unauthenticated",)
+
+
+class RayError(BadInput):
+    """Ray cannot be joined or started as asked (the message says what to set)."""
+
+
+def _address(options: JobOptions) -> tuple[str | None, str]:
+    if options.ray_address:
+        return options.ray_address, "--ray-address"
+    return os.environ.get("RAY_ADDRESS") or None, "$RAY_ADDRESS"
+
+
+def check_ray_options(options: JobOptions) -> None:
+    """Ray options that cannot work together, refused before anything runs (exit 2)."""
+    address, source = _address(options)
+    if address and options.num_cpus:
+        raise RayError(f"--num-cpus {options.num_cpus} sizes the local Ray the job starts, but it joins the Ray cluster "
+                       f"at {address} ({source}), which has its own resources: drop --num-cpus (or unset "
+                       f"{source.lstrip('$')} to run on a local Ray)")
+
+
+def _auth_refused(e: BaseException) -> bool:
+    while e is not None:
+        if "InvalidAuthToken" in str(e) or type(e).__name__ == "AuthenticationError":
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _join(address: str, source: str) -> None:
+    import ray
+
+    try:
+        with without_lines(_AUTH_RETRY_LINE):
+            ray.init(address=address, log_to_driver=True)
+    except (ConnectionError, RuntimeError) as e:
+        if not _auth_refused(e):
+            raise
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            raise RayError(f"the Ray cluster at {address} ({source}) requires token authentication: set "
+                           f"RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<a file holding the cluster's token, "
+                           f"`ray get-auth-token` on its head> (or RAY_AUTH_TOKEN=<the token>)") from None
+        raise RayError(f"the Ray cluster at {address} ({source}) refused this driver's token: RAY_AUTH_TOKEN_PATH / "
+                       f"RAY_AUTH_TOKEN (or ~/.ray/auth_token) must hold the token of that cluster's head "
+                       f"(`ray get-auth-token` there)") from None
+
+
+def _start_local(num_cpus: int | None) -> None:
+    import ray
+    from ray._private import ray_constants
+
+    kwargs = {"log_to_driver": True, "_node_ip_address": LOCAL_HOST, "dashboard_host": LOCAL_HOST}
+    if num_cpus:
+        kwargs["num_cpus"] = num_cpus
+    # ray.init turns 127.0.0.1 into this machine's external address (for multi-node clusters) unless
+    # ray_constants.ENABLE_RAY_CLUSTER is off, and that is all that flag decides (Ray 2.60): off for
+    # this call, so the GCS, raylet, agents and workers bind to 127.0.0.1 instead of every interface.
+    had = hasattr(ray_constants, "ENABLE_RAY_CLUSTER")
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(**kwargs)
+    finally:
+        if had:
+            ray_constants.ENABLE_RAY_CLUSTER = saved
+        else:
+            del ray_constants.ENABLE_RAY_CLUSTER
+
 
 @contextlib.contextmanager
 def ray_session(options: JobOptions):
     """Joins a cluster (--ray-address, $RAY_ADDRESS: e.g. under `ray job submit`) or starts a local
-    one, which it shuts down at the end."""
+    one on 127.0.0.1, which it shuts down at the end and which does not outlive this process even
+    when it is killed (jobs/label/reaper.py)."""
     import ray
 
     if ray.is_initialized():
         yield
         return
-    kwargs = {"log_to_driver": True}
-    address = options.ray_address or os.environ.get("RAY_ADDRESS")
+    address, source = _address(options)
+    watcher = None
     if address:
-        kwargs["address"] = address
-    elif options.num_cpus:
-        kwargs["num_cpus"] = options.num_cpus
-    ray.init(**kwargs)
+        _join(address, source)
+    else:
+        watcher = reaper.start()
+        try:
+            _start_local(options.num_cpus)
+        except BaseException:
+            reaper.stop(watcher)
+            raise
+        reaper.watch_ray(watcher)
     try:
         yield
     finally:
-        ray.shutdown()
+        try:
+            ray.shutdown()
+        finally:
+            reaper.stop(watcher)
 
 
 def pool_size(options: JobOptions, pending: int) -> tuple[int, int]:

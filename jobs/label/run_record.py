@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import uuid
 
 from .. import storage as st
@@ -17,6 +18,30 @@ RESUME_KEYS = ("model_checksum", "settings")
 
 class OutputError(BadInput):
     """The output location cannot be used for this run (another run, other settings ...)."""
+
+
+def check_output_location(layout: Layout) -> None:
+    """Refuses, before anything is written, an output the job cannot use: an unknown URL scheme (or
+    one whose fsspec package is not installed), a local path that is a file or lies under one, a
+    local folder that cannot be written (read-only folder or file system). Object stores are
+    checked by the first write, the run's lease (jobs/label/lease.py)."""
+    shown = layout.uri
+    try:
+        fs, path = layout.fs, layout.root
+    except (ValueError, ImportError) as e:  # fsspec: "Protocol not known: foo", or its package missing
+        raise OutputError(f"--output {shown}: not a usable location ({e}); give a local path or a URL such as "
+                          f"s3://bucket/prefix") from None
+    if not st.is_local(fs):
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"--output {shown}: is a file, not a folder")
+    existing = path
+    while not os.path.exists(existing):  # the folder is created below its nearest existing parent
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputError(f"--output {shown}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only file system, even for root
+        raise OutputError(f"--output {shown}: {existing} is not writable (a read-only folder or file system)")
 
 
 def new_run_id() -> str:
