@@ -118,8 +118,9 @@ COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
         ("quality_mean", pa.float64(), "Mean `masks.quality` over the video's predicted masks (a mask given at its "
          "frame, annotation or correction, is not a prediction); null when it has none."),
         ("quality_min", pa.float64(), "Lowest `masks.quality` over the video's predicted masks; null when none."),
-        ("frames_below_quality", pa.int32(), "Frames whose `frames.quality` is below `review_quality`: what `vos "
-         "report` flags for review and `vos export --format review` hands to annotators."),
+        ("frames_below_quality", pa.int32(), "Predicted frames (not `annotated`) whose `frames.quality` is below "
+         "`review_quality`: what `vos report` flags for review and `vos export --format review` hands to "
+         "annotators."),
         ("review_quality", pa.float32(), "The quality threshold of `frames_below_quality` (`--review-quality`)."),
         ("quality_calibrated", pa.bool_(), "True when the quality estimate came from an estimator fitted to "
          "ground truth and stored with the checkpoint (`vos calibrate`); false: the uncalibrated fallback rule, "

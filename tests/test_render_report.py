@@ -15,7 +15,9 @@ from jobs import storage as st
 from jobs.cli import main as vos_main
 from jobs.codec import decode_u_map
 from jobs.inspect.draw import FILL_ALPHA, heatmap, object_colour
-from jobs.inspect.flags import RULE_JUMP, RULE_LOST, RULE_SPIKE, flag_frames, robust_z
+from jobs.inspect.flags import (RULE_JUMP, RULE_LOST, RULE_QUALITY, RULE_SPIKE, VideoSeries, flag_frames,
+                                flag_quality, review_frames, robust_z)
+from jobs.inspect.report import VideoEntry
 from jobs.inspect.read import ReadError, connect
 from jobs.inspect.render import RenderError, render_video
 from jobs.inspect.report import write_report
@@ -75,6 +77,41 @@ def test_area_jumps_and_lost_objects():
     annotated = [False, False, True, True, False, False]
     assert _rules(flag_frames(np.arange(6), np.full(6, 0.2), areas, annotated)) == [(5, RULE_LOST, 2),
                                                                                      (5, RULE_JUMP, 1)]
+
+
+def test_quality_flags_the_weakest_object_below_the_threshold():
+    nan = np.nan
+    q = {1: [1.0, 0.9, 0.3, 0.9, 0.7], 2: [1.0, nan, 0.95, 0.4, nan]}
+    flags = flag_quality(np.arange(10, 15), q, [True, False, False, False, False], review_quality=0.5)
+    assert [(f.frame_index, f.rule, f.object_id, f.value) for f in flags] == [(12, RULE_QUALITY, 1, 0.3),
+                                                                              (13, RULE_QUALITY, 2, 0.4)]
+    assert flags[0].primary and "predicted J 0.30" in flags[0].describe()
+    assert flag_quality(np.arange(5), q, review_quality=0.25) == []
+
+
+def _rows(n, quality, area=1000, u=0.2):
+    return [{"frame_index": t, "annotated": t == 0, "u_mean": u, "u_max_object": u,
+             "objects": [{"object_id": 0, "area": 5000, "quality": None},
+                         {"object_id": 1, "area": area, "quality": 1.0 if t == 0 else quality}]} for t in range(n)]
+
+
+def test_a_video_wrong_throughout_is_flagged_for_review():
+    """Steady masks, steady U: no relative rule fires, but every predicted frame's quality is low."""
+    steady = VideoSeries.from_rows(_rows(12, quality=0.2))
+    assert flag_frames(steady.frame_index, steady.uncertainty, steady.areas, steady.annotated) == []
+    e = VideoEntry({"status": "ok", "video_id": "v", "quality_mean": 0.2}, steady, steady.flags())
+    assert e.review and e.flagged_frames == list(range(1, 12))
+    good = VideoSeries.from_rows(_rows(12, quality=0.9))
+    assert not VideoEntry({"status": "ok", "video_id": "w"}, good, good.flags()).review
+    # a relative rule alone is a secondary reason where quality exists, the deciding one where it does not
+    rows = _rows(12, quality=0.9)
+    rows[6]["objects"][1]["area"] = 100  # the area collapses at frame 6
+    jump = VideoSeries.from_rows(rows)
+    assert [f.rule for f in jump.flags()] == [RULE_JUMP, RULE_JUMP] and review_frames(jump.flags(), True) == []
+    for r in rows:
+        r["objects"][1].pop("quality")
+    old = VideoSeries.from_rows(rows)
+    assert not old.has_quality and review_frames(old.flags(), False) == [6, 7]
 
 
 # -- the real job over the sample corpus -------------------------------------------------------
@@ -181,7 +218,14 @@ def test_report_names_every_video_and_has_the_plots(job_output, tmp_path):
                 assert f"img/{key}-{kind}.png" in text and img.stat().st_size > 1000
                 assert cv2.imread(str(img)) is not None
     assert "<b>" not in text  # the failing video's id is escaped
-    assert "flagged frames" in text
+    assert "flagged frames" in text and "mean quality" in text and "quality estimate" in text
+    # review is decided by quality: an ok video is marked when a predicted frame is below its threshold
+    below = dict(connect(job_output).sql("SELECT video_id, frames_below_quality FROM videos "
+                                         "WHERE status = 'ok'").fetchall())
+    rows_html = text.split("<h2>Videos</h2>")[1].split("</table>")[0]
+    for vid, n in below.items():
+        row = next(r for r in rows_html.split("<tr>") if f">{vid}<" in r)
+        assert ('class="review"' in row) == (n > 0), (vid, n)
     rows = text.split("<h2>Videos</h2>")[1].split("</table>")[0]
     assert rows.index("broken &lt;b&gt;") < rows.index(">judo-a<")  # failed first
     assert "vos run viz" in text and "&quot;size&quot;: 48" in text  # run id and settings

@@ -79,8 +79,8 @@ class VideoSummary:
                 continue
             self._sum, self._n = self._sum + q, self._n + 1
             self._min = q if self._min is None else min(self._min, q)
-        if weakest is not None and weakest < self.review_quality:
-            self.frames_below += 1
+        if weakest is not None and weakest < self.review_quality and not result.annotated:
+            self.frames_below += 1  # as vos report flags: a frame with a given mask is not sent to review
 
     def fields(self, session=None) -> dict:
         out = {"quality_mean": self._sum / self._n if self._n else None, "quality_min": self._min,
