@@ -25,6 +25,26 @@ def decode_rle(rle: str, height: int, width: int) -> np.ndarray:
     return mask_utils.decode({"size": [int(height), int(width)], "counts": rle.encode("ascii")})
 
 
+def encode_id_map_png(ids: np.ndarray) -> bytes:
+    """An id map as PNG bytes: a DAVIS-palette PNG (what DAVIS, YouTube-VOS, XMem, Cutie read) when
+    every id fits in 8 bits, else 16-bit greyscale; ``vos_core.io.read_id_map`` reads both."""
+    if ids.size and int(ids.max()) > 255:
+        ok, png = cv2.imencode(".png", ids.astype(np.uint16))
+        if not ok:
+            raise ValueError("cannot encode a 16-bit id map")
+        return png.tobytes()
+    import io
+
+    from PIL import Image
+    from vos_core.io import davis_palette
+
+    img = Image.fromarray(ids.astype(np.uint8), mode="P")
+    img.putpalette(davis_palette().astype(np.uint8).reshape(-1).tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def encode_u_map(u: np.ndarray, max_side: int = U_MAP_MAX_SIDE) -> bytes:
     """The H×W U map (values in (0, 1]) as an 8-bit grey PNG whose longest side is at most
     ``max_side`` (area-averaged: a thin uncertain band stays visible as a fainter line)."""

@@ -268,3 +268,13 @@ def test_job_on_a_davis_root_uses_the_first_mask_only(ray_runtime, compact_ckpt,
         assert all((v[s]["annotation_frames"], v[s]["annotation_objects"]) == (1, 1) for s in seqs), v
         frames = read_table(str(tmp_path / out), "frames").to_pylist()
         assert [f["frame_index"] for f in frames if f["annotated"]] == [0] * len(seqs)
+
+
+def test_manifest_column_corrections_uri(tmp_path):
+    from jobs.label.manifest import load_manifest
+
+    (tmp_path / "m.csv").write_text("video_id,video_uri,annotations_uri,corrections_uri\n"
+                                    "a,frames,ann.png,fixes/a\nb,frames,ann.png,\n")
+    a, b = load_manifest(str(tmp_path / "m.csv"))
+    assert a.corrections_uri == str(tmp_path / "fixes" / "a") and b.corrections_uri is None
+    assert a.to_dict()["corrections_uri"] == a.corrections_uri

@@ -2,8 +2,6 @@
 video's and a frame's files, and the frames' images (JPEG) and id maps (PNG) it writes there."""
 from __future__ import annotations
 
-import contextlib
-import io
 import posixpath
 import re
 
@@ -11,6 +9,7 @@ import cv2
 import numpy as np
 
 from .. import storage as st
+from ..codec import encode_id_map_png
 from .read import ReadError, frames_at, png_name
 
 JPEG_QUALITY = 95
@@ -60,21 +59,7 @@ class Dest:
 
 
 def id_map_png(ids: np.ndarray) -> bytes:
-    """An id map as PNG bytes: DAVIS palette PNG (what DAVIS, YouTube-VOS, XMem, Cutie read) when
-    every id fits in 8 bits, else 16-bit greyscale. ``vos_core.io.read_id_map`` reads both."""
-    if ids.dtype != np.uint8 and ids.size and int(ids.max()) > 255:
-        ok, png = cv2.imencode(".png", ids.astype(np.uint16))
-        if not ok:
-            raise ValueError("cannot encode a 16-bit id map")
-        return png.tobytes()
-    from PIL import Image
-    from vos_core.io import davis_palette
-
-    img = Image.fromarray(ids.astype(np.uint8), mode="P")
-    img.putpalette(davis_palette().astype(np.uint8).reshape(-1).tolist())
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return encode_id_map_png(ids)
 
 
 def jpeg(rgb: np.ndarray) -> bytes:
@@ -84,7 +69,7 @@ def jpeg(rgb: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def frame_images(info: dict, indices: list[int], storage: st.Storage) -> "contextlib.AbstractContextManager":
+def frame_images(info: dict, indices: list[int], storage: st.Storage) -> "_FrameImages":
     """(frame index, JPEG bytes) of ``indices`` of a video, reopened from ``videos.video_uri``: a
     folder's JPEG files are copied as they are (no re-encoding), other frames encoded at quality
     ``JPEG_QUALITY``; a frame whose size differs from its labels is refused."""

@@ -26,7 +26,7 @@ from .export_coco import CocoWriter, object_category_name
 from .export_files import flat_image_name, frame_images
 from .export_labelstudio import label_config, task
 from .export_select import Selection, VideoSel
-from .flags import review_frames
+from .flags import REVIEW_QUALITY, review_frames
 from .report import load_entries
 
 ANNOTATIONS = "annotations.json"
@@ -50,7 +50,12 @@ def review_selection(output: str, storage, where: str | None) -> Selection:
     """Every object of the frames to review: those with a ``masks`` row matching ``where``, else
     the report's flagged frames."""
     sel = Selection(output, storage, where=where, whole_frames=True)
-    if not (where or "").strip():
+    if (where or "").strip():
+        return sel
+    if sel.has_quality:  # the report's rule in SQL: nothing of the run is held here
+        sel.frame_keys_sql = (f"SELECT f.video_id, f.frame_index FROM frames AS f JOIN videos AS v USING (video_id) "
+                              f"WHERE NOT f.annotated AND f.quality < coalesce(v.review_quality, {REVIEW_QUALITY})")
+    else:  # a run without quality: the report's relative rules, over its per-frame series
         sel.frame_keys = review_keys(sel.con)
     return sel
 

@@ -114,6 +114,7 @@ class Selection:
         self.where = check_predicate(self.con, where)
         self.whole_frames = whole_frames
         self.frame_keys = None
+        self.frame_keys_sql = None  # or a query of (video_id, frame_index) over the views
         cols = _columns(self.con, "videos")
         select = ", ".join(c if c in cols else f"NULL AS {c}" for c in VIDEO_COLUMNS)
         self._videos = {r["video_id"]: r for r in self.con.sql(
@@ -141,6 +142,8 @@ class Selection:
         if self.frame_keys is not None:
             self.con.register("_export_frames", self.frame_keys)
             conds.append("(video_id, frame_index) IN (SELECT video_id, frame_index FROM _export_frames)")
+        if self.frame_keys_sql:
+            conds.append(f"(video_id, frame_index) IN ({self.frame_keys_sql})")
         return f"SELECT * FROM masks WHERE {' AND '.join(conds)}"
 
     def object_ids(self) -> list[int]:

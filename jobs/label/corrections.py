@@ -31,7 +31,8 @@ from pycocotools import mask as mask_utils
 
 from .. import storage as st
 from ..errors import BadInput
-from ..layout import Layout, read_run, video_key
+from ..codec import decode_rle, encode_id_map_png
+from ..layout import DEFAULT_SHARDS, Layout, read_run, read_videos, video_key
 from .manifest import VideoTask
 
 STAGED = "_corrections"
@@ -53,15 +54,11 @@ class ParentRun:
     """What the corrections are checked against: the parent's committed videos, frames and masks."""
 
     def __init__(self, uri: str, storage: st.Storage):
-        from ..inspect.read import ReadError, open_layout
-
-        try:
-            self.layout = open_layout(uri, storage)
-        except ReadError as e:
-            raise CorrectionsInputError(f"--parent {uri}: {e}") from None
-        self.record = read_run(self.layout) or {}
-        from ..layout import read_videos
-
+        record = read_run(Layout(uri, storage))
+        if record is None:
+            raise CorrectionsInputError(f"--parent {uri}: no pseudo-label run there (no _run.json)")
+        self.layout = Layout(uri, storage, shards=int(record.get("shards", DEFAULT_SHARDS)))
+        self.record = record
         rows = read_videos(self.layout).to_pylist()
         self.videos = {r["video_id"]: r for r in rows if r["status"] == "ok"}
         self.failed = {r["video_id"] for r in rows if r["status"] != "ok"}
@@ -71,6 +68,22 @@ class ParentRun:
     @property
     def url(self) -> str:
         return self.layout.url()
+
+    def masks(self, video_id: str, frames) -> dict[int, dict[int, np.ndarray]]:
+        """{frame: {object: 0/1 mask}} of the parent's committed masks at ``frames``."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        v = self.videos[video_id]
+        mt = pq.read_table(self.layout.data_path("masks", video_id), filesystem=self.layout.fs,
+                           columns=["frame_index", "object_id", "rle", "attempt"])
+        keep = pc.and_(pc.equal(mt["attempt"], v["attempt"]),
+                       pc.is_in(mt["frame_index"], value_set=pa.array(sorted(frames), pa.int32())))
+        out: dict[int, dict[int, np.ndarray]] = {int(t): {} for t in frames}
+        for t, oid, rle in zip(*(mt.filter(keep)[c].to_pylist() for c in ("frame_index", "object_id", "rle"))):
+            out[t][oid] = decode_rle(rle, v["height"], v["width"])
+        return out
 
     def index(self, video_id: str) -> tuple[dict[int, str], set[int]]:
         """({frame_index: frame_name}, tracked object ids) of a committed video (its own files only)."""
@@ -262,31 +275,36 @@ def _frame_size(parent: ParentRun, vid: str, t: int) -> tuple[int, int]:
 def changed_masks(parent: ParentRun, vc: VideoCorrections) -> dict[int, np.ndarray]:
     """{frame: id map of the objects whose corrected mask differs from the parent's}; CorrectionError
     for an object the video does not track, or a correction at the start frame."""
-    from ..inspect.read import load_labels
-
     _, tracked = parent.index(vc.video_id)
-    start = parent.videos[vc.video_id].get("start_frame")
-    labels = load_labels(parent.layout, vc.video_id, sorted(vc.masks))
-    h, w = labels.height, labels.width
+    v = parent.videos[vc.video_id]
+    h, w = int(v["height"]), int(v["width"])
+    before_all = parent.masks(vc.video_id, vc.masks)
     out = {}
-    for frame in labels.frames:
-        before = dict(labels.decoded(frame))
+    for t in sorted(vc.masks):
+        before = before_all[t]
         ids = None
-        for oid, bits in vc.masks.get(frame.index, []):
+        for oid, bits in vc.masks[t]:
             if oid not in tracked:
-                raise CorrectionError(f"frame {frame.index}: object {oid} is not tracked in this video (tracked: "
+                raise CorrectionError(f"frame {t}: object {oid} is not tracked in this video (tracked: "
                                       f"{sorted(tracked)}); a new object needs an annotation")
             if np.array_equal(bits.astype(bool), before.get(oid, np.zeros((h, w), np.uint8)).astype(bool)):
                 continue  # handed back as it was: confirmed, not corrected
-            if frame.index == start:
-                raise CorrectionError(f"frame {frame.index} is the start frame, whose masks are the given annotation: "
+            if t == v.get("start_frame"):
+                raise CorrectionError(f"frame {t} is the start frame, whose masks are the given annotation: "
                                       f"correct the annotation itself")
             if ids is None:
                 ids = np.zeros((h, w), np.uint16 if max(tracked) > 255 else np.uint8)
             ids[bits.astype(bool)] = oid
         if ids is not None:
-            out[frame.index] = ids
+            out[t] = ids
     return out
+
+
+def _stem(frame_name: str | None, frame_index: int) -> str:
+    """A frame's file stem, as the worker names it: its name when that is a safe file name, else its index."""
+    if frame_name and re.fullmatch(r"[A-Za-z0-9_.-]+", frame_name) and frame_name not in (".", ".."):
+        return frame_name
+    return f"{frame_index:05d}"
 
 
 @dataclass
@@ -309,15 +327,13 @@ class Prepared:
     def stage(self, layout: Layout) -> list[VideoTask]:
         """Writes each corrected frame's id map under ``_corrections/`` of the new run; returns the
         tasks pointing at them."""
-        from ..inspect.export_files import frame_stem, id_map_png
-
         tasks = []
         for t in self.tasks:
             names, _ = self.parent.index(t.video_id)
             folder = layout.path(STAGED, video_key(t.video_id))
             st.makedirs(layout.fs, folder)
             for i, ids in sorted(self.fixes[t.video_id].items()):
-                st.put_atomic(layout.fs, posixpath.join(folder, f"{frame_stem(names[i], i)}.png"), id_map_png(ids),
+                st.put_atomic(layout.fs, posixpath.join(folder, f"{_stem(names[i], i)}.png"), encode_id_map_png(ids),
                               layout.staging)
             tasks.append(replace(t, corrections_uri=layout.url(STAGED, video_key(t.video_id))))
         return tasks
