@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -132,7 +133,7 @@ def test_s3_stale_leases_are_taken_over_and_their_holder_stops(moto_s3, monkeypa
     second = ls.acquire(layout)  # stale: taken over
     assert "took over the run's lease" in capsys.readouterr().out
     first._stop.clear()
-    first._thread = __import__("threading").Thread(target=first._beat, daemon=True)
+    first._thread = threading.Thread(target=first._beat, daemon=True)
     first._thread.start()  # it wakes up: its next heartbeat's condition fails
     deadline = time.monotonic() + 10
     while first.lost is None and time.monotonic() < deadline:
