@@ -19,12 +19,23 @@ softmax -> ``memorize`` -> ``FeatureBank.update``) next to our
 ``Segmenter.run`` on the same decoded frames, for several memory settings. It
 compares per-frame probabilities, bank sizes and final bank contents, and times
 both (CPU by default).
+
+``--frame-check`` looks at agreement frame by frame instead, on a random checkpoint
+with realistic batch-norm statistics (:func:`calibrate_batchnorm`): per frame, each
+fp32 variant of ours against their loop next to their own difference between 2 and
+1 threads (the noise floor) and against their loop run with the variant's
+arithmetic (:func:`reference_arithmetic`); both loops again in float64 (rounding
+gone, any difference of algorithm left); and one step teacher-forced
+(:func:`teacher_forced_step`: their bank and soft mask into both codes, part by
+part: memorised keys/values, bank update, read, decode, and what the previous
+frame's soft mask carries in).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import contextlib
+import copy
 import importlib
 import json
 import math
@@ -32,6 +43,7 @@ import os
 import sys
 import tempfile
 import time
+import types
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,6 +174,48 @@ def save_random_official(path: Path, seed: int = 0) -> dict:
     return state
 
 
+def calibrate_batchnorm(model: AFBURR, frames: list[np.ndarray], first_mask: np.ndarray, n: int = 4) -> AFBURR:
+    """Realistic batch-norm statistics for a random model: every BatchNorm2d's running mean and
+    variance become the cumulative average of its batch statistics over the first ``n`` frames (the
+    query encoder on each frame, the memory encoder on each frame with the first mask's one-hot
+    planes, background first), as a trained model's are. With the 0/1 defaults a random trunk's
+    activations grow layer after layer and its output saturates; calibrated, the memorised soft masks
+    are soft (most pixels strictly between 0 and 1) and consecutive frames' keys are far from
+    identical, so merging and appending both happen. Deterministic for given frames and thread count.
+    Returns the model in eval mode."""
+    from vos_core.inference.preprocess import pad_to_multiple
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    k = int(first_mask.max()) + 1
+    onehot = torch.stack([torch.from_numpy(first_mask == i) for i in range(k)]).float()[None]
+    model.train()
+    try:
+        with torch.no_grad():
+            for f in frames[:n]:
+                x, _ = pad_to_multiple(torch.from_numpy(f).permute(2, 0, 1)[None].float() / 255)
+                model.encode_query(x)
+                model.encode_memory(x, pad_to_multiple(onehot)[0])
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.eval()
+    return model
+
+
+def save_realistic_official(path: Path, frames: list[np.ndarray], first_mask: np.ndarray, seed: int = 0,
+                            n: int = 4) -> dict:
+    """:func:`save_random_official` with the batch-norm statistics of :func:`calibrate_batchnorm`."""
+    torch.manual_seed(seed)
+    model = calibrate_batchnorm(AFBURR(OFFICIAL), frames, first_mask, n)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save({"model": state, "epoch": 0, "loss": 0.0, "seed": seed}, path)
+    return state
+
+
 def load_reference_model(ref, ckpt: Path, device) -> tuple[torch.nn.Module, dict]:
     """Their model, built as eval.py builds it, loaded with strict=True. Returns (model, key report)."""
     model = ref.AFB_URR(device, update_bank=True, load_imagenet_params=False)
@@ -192,17 +246,53 @@ class RunResult:
     frame_seconds: list[float] = field(default_factory=list)  # per segmented frame (t >= 1): one loop step
 
 
+@contextlib.contextmanager
+def reference_dtype(ref, dtype=torch.float32):
+    """Lets the authors' code run as-is in ``dtype`` (float64: the exact-arithmetic check). Their code
+    casts to float32 in three places (``memorize``: ``mask.float()``; ``FeatureBank.update``: two
+    ``torch.zeros(..., dtype=torch.float)`` buffers for the merge means); inside this block those follow
+    a float64 run instead (``Tensor.float`` keeps a float64 tensor as it is, and their FeatureBank module
+    sees ``torch.float`` as float64). Nothing else of theirs changes. A no-op for float32."""
+    if dtype == torch.float32:
+        yield
+        return
+    if dtype != torch.float64:
+        raise ValueError(f"the reference runs in float32 or float64, not {dtype}")
+    fb_mod = sys.modules[ref.FeatureBank.__module__]
+
+    class _Torch64(types.ModuleType):
+        float = torch.float64
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    saved_torch, saved_float = fb_mod.torch, torch.Tensor.float
+
+    def keep_float64(self, *args, **kwargs):
+        return self if self.dtype == torch.float64 else saved_float(self, *args, **kwargs)
+
+    fb_mod.torch, torch.Tensor.float = _Torch64("torch"), keep_float64
+    try:
+        yield
+    finally:
+        fb_mod.torch, torch.Tensor.float = saved_torch, saved_float
+
+
 def run_reference(ref, model, layout: Path, budget: int, merge_thres: float, update_rate: float,
-                  device="cpu", prefill: tuple[list, list] | None = None) -> RunResult:
+                  device="cpu", prefill: tuple[list, list] | None = None, dtype=torch.float32) -> RunResult:
     """Their eval_DAVIS loop (eval.py), minus writing PNGs. ``prefill`` (keys, values per
-    row): appended to every row's bank right after frame 0 (see :func:`prefill_features`)."""
+    row): appended to every row's bank right after frame 0 (see :func:`prefill_features`).
+    ``dtype``: float64 runs their code in float64 (``model`` must have been converted by the caller;
+    see :func:`reference_dtype`); the frames are their float32 pixels, converted."""
+    if next(model.parameters()).dtype != dtype:
+        raise ValueError(f"the reference model is {next(model.parameters()).dtype}, the run {dtype}")
     ds = ref.DAVIS_Test_DS(str(layout), "2017/val.txt")
     frames, masks, obj_n, info = ds[0]
-    frames, masks = frames.to(device), masks.to(device)
+    frames, masks = frames.to(device, dtype), masks.to(device, dtype)
     obj_n, frame_n = int(obj_n), int(info["num_frames"])
     probs, sizes = [masks[0].cpu().numpy()], []
     merged = 0
-    with torch.no_grad():  # eval.py: torch.set_grad_enabled(False)
+    with torch.no_grad(), reference_dtype(ref, dtype):  # eval.py: torch.set_grad_enabled(False)
         t0 = time.perf_counter()
         pred_mask = masks[0:1]
         fb = ref.FeatureBank(obj_n, budget, device, update_rate=update_rate, thres_close=merge_thres)
@@ -342,6 +432,425 @@ def run_ours(model, frames: list[np.ndarray], first_mask: np.ndarray, budget: in
     return RunResult(probs, sizes, bank.merged, sum(o.evicted_total for o in bank.objects), seconds,
                      [o.keys.cpu().clone() for o in bank.objects], [o.values.cpu().clone() for o in bank.objects],
                      [o.usage.cpu().clone() for o in bank.objects], frame_seconds)
+
+
+def run_ours_exact(model, frames: list[np.ndarray], first_mask: np.ndarray, budget: int, merge_thres: float,
+                   update_rate: float, dtype=torch.float64, channels_last: bool = False) -> RunResult:
+    """Our side in ``dtype`` throughout: ``VideoSession.step``'s order (memorise frame t-1 with its soft
+    mask, query-encode frame t, read the bank, decode, soft-aggregate) with our network ``model`` (as a
+    Segmenter prepares it: ``Segmenter(...).model``) and our ``FeatureBank``. The Segmenter keeps its bank,
+    readouts and probabilities in float32 whatever the network's dtype, so the float64 check of our
+    side needs this loop; in float32 it reproduces the Segmenter (the reference test checks that).
+    Pixels: uint8 / 255 in float32, as the Segmenter and the authors' ``to_tensor`` compute them, then
+    ``dtype``."""
+    from vos_core.inference.preprocess import frame_tensor, pad_to_multiple, unpad
+    from vos_core.model.network import soft_aggregate
+
+    cfg = model.config
+    k = int(first_mask.max()) + 1
+    probs = torch.stack([torch.from_numpy(first_mask == i) for i in range(k)]).to(dtype)
+    out, sizes, bank, x_prev = [probs.cpu().numpy()], [], None, None
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for t, frame in enumerate(frames):
+            x = frame_tensor(frame, frame.shape[:2], "cpu", torch.float32, channels_last).to(dtype)
+            x, pad = pad_to_multiple(x)
+            if t > 0:
+                keys, values = model.encode_memory(x_prev, pad_to_multiple(probs)[0].unsqueeze(0))
+                if bank is None:
+                    bank = _InstrumentedBank(cfg.keydim, cfg.valdim, budget, merge_thres, update_rate, dtype=dtype)
+                    bank.add_objects(keys[0], values[0], t - 1)
+                else:
+                    bank.update(keys[0], values[0], t - 1)
+                sizes.append(bank.sizes())
+                q = model.encode_query(x)
+                fg = unpad(model.decode(bank.read(q.key[0]).unsqueeze(0), q)[0], pad)
+                probs = soft_aggregate(fg)
+                out.append(probs.cpu().numpy())
+            x_prev = x
+    seconds = time.perf_counter() - t0
+    objs = bank.objects if bank is not None else []
+    return RunResult(out, sizes, bank.merged if bank is not None else 0, sum(o.evicted_total for o in objs), seconds,
+                     [o.keys.cpu().clone() for o in objs], [o.values.cpu().clone() for o in objs],
+                     [o.usage.cpu().clone() for o in objs])
+
+
+def _our_model(source) -> AFBURR:
+    """A fresh model of ours: loaded from a checkpoint path, or a copy of a loaded model (cheaper)."""
+    return load_model(source) if isinstance(source, (str, os.PathLike)) else copy.deepcopy(source)
+
+
+def prepared_model(source, variant: str, dtype=torch.float32):
+    """Our network for ``variant`` as the Segmenter runs it (batch norm folded, channels_last, ...), from
+    a checkpoint path or a loaded model (copied). Returns (network, channels_last)."""
+    model = _our_model(source).to(dtype)
+    config = SegmenterConfig(**{k: v for k, v in ALL_VARIANTS[variant].items() if k != "precision"})
+    return Segmenter(model, config).model, config.channels_last
+
+
+# -- frame by frame, and one step teacher-forced --------------------------------
+def _dp(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    return float(d.mean()), float(d.max())
+
+
+def _with_threads(n: int, fn):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(saved)
+
+
+def frame_by_frame(ref, ref_model, ckpt, layout: Path, seq: str, merge_thres: float, variants: list[str],
+                   threads: int, update_rate: float = 0.1, budget: int = 300_000, float64: bool = True,
+                   floor_threads: int = 1, ours_floor: bool = True, float64_variants: list[str] | None = None,
+                   ref64=None) -> dict:
+    """Whole loops, per frame: each variant of ours against the authors' eval loop (both at ``threads``
+    threads), next to the authors' own difference between ``threads`` and ``floor_threads`` threads on
+    the same frames (the noise floor: the same arithmetic, only the summation order changed) and, with
+    ``ours_floor``, ours' own; and against the authors' loop run with the variant's arithmetic
+    (:func:`reference_arithmetic`). With ``float64``: both loops again in float64 (theirs via
+    :func:`reference_dtype`, ours via :func:`run_ours_exact` for ``float64_variants``, default all, each
+    network as the Segmenter prepares it), which separates rounding from any difference of algorithm:
+    only the latter survives float64. ``ckpt``: our checkpoint, or a loaded model of ours (copied for
+    each run); ``ref64``: the authors' model already in float64 (else made here). Returns {"runs", "rows"}."""
+    frames, mask = load_frames_like_reference(layout, seq)
+    runs = {}
+    if float64_variants is None:
+        float64_variants = [v for v in variants if v not in APPROX_VARIANTS]
+    for v in variants:  # the authors' loop with this variant's arithmetic (its network as we prepare ours)
+        model = reference_arithmetic(ref_model, v)
+        if model is not ref_model:
+            runs[f"theirs as {v}"] = _with_threads(threads, lambda: run_reference(
+                ref, model, layout, budget, merge_thres, update_rate))
+    for n, tag in ((threads, ""), (floor_threads, f" {floor_threads}t")):
+        runs["theirs" + tag] = _with_threads(n, lambda: run_reference(ref, ref_model, layout, budget, merge_thres,
+                                                                      update_rate))
+        for v in variants if (ours_floor or not tag) else []:
+            runs[f"ours {v}{tag}"] = _with_threads(n, lambda: run_ours(_our_model(ckpt), frames, mask, budget,
+                                                                       merge_thres, update_rate, **ALL_VARIANTS[v]))
+    if float64:
+        if ref64 is None:
+            ref64 = copy.deepcopy(ref_model).double()
+        runs["theirs float64"] = _with_threads(threads, lambda: run_reference(
+            ref, ref64, layout, budget, merge_thres, update_rate, dtype=torch.float64))
+        for v in float64_variants:
+            model, cl = prepared_model(ckpt, v, torch.float64)
+            runs[f"ours {v} float64"] = _with_threads(threads, lambda: run_ours_exact(
+                model, frames, mask, budget, merge_thres, update_rate, torch.float64, cl))
+    rows = []
+    floor_tag = f" {floor_threads}t"
+    for t in range(1, len(frames)):
+        row = {"frame": t, "bank theirs": runs["theirs"].sizes[t - 1],
+               "theirs floor": _dp(runs["theirs"].probs[t], runs["theirs" + floor_tag].probs[t])}
+        if float64:
+            row["theirs vs float64"] = _dp(runs["theirs"].probs[t], runs["theirs float64"].probs[t])
+            row["bank theirs float64"] = runs["theirs float64"].sizes[t - 1]
+        for v in variants:
+            ours = runs[f"ours {v}"]
+            row[f"bank {v}"] = ours.sizes[t - 1]
+            row[f"{v} vs theirs"] = _dp(ours.probs[t], runs["theirs"].probs[t])
+            if f"ours {v}{floor_tag}" in runs:
+                row[f"{v} floor"] = _dp(ours.probs[t], runs[f"ours {v}{floor_tag}"].probs[t])
+            if f"theirs as {v}" in runs:  # theirs given our arithmetic: against theirs, and against ours
+                row[f"theirs as {v} vs theirs"] = _dp(runs[f"theirs as {v}"].probs[t], runs["theirs"].probs[t])
+                row[f"{v} vs theirs as {v}"] = _dp(ours.probs[t], runs[f"theirs as {v}"].probs[t])
+                row[f"bank theirs as {v}"] = runs[f"theirs as {v}"].sizes[t - 1]
+            if float64 and f"ours {v} float64" in runs:
+                row[f"{v} vs float64"] = _dp(ours.probs[t], runs["theirs float64"].probs[t])
+                row[f"{v} float64 vs theirs float64"] = _dp(runs[f"ours {v} float64"].probs[t],
+                                                            runs["theirs float64"].probs[t])
+                row[f"bank {v} float64"] = runs[f"ours {v} float64"].sizes[t - 1]
+        rows.append(row)
+    return {"runs": runs, "rows": rows}
+
+
+def reference_arithmetic(ref_model, variant: str):
+    """The authors' network run with ``variant``'s arithmetic: batch norm folded into their trunk's
+    convolutions by our ``fold_batchnorm`` (their trunk is the shim's ResNet, built from our blocks) and
+    channels_last convolutions, as the Segmenter prepares ours. ``ref_model`` itself where the variant
+    is the authors' arithmetic (nchw)."""
+    from vos_core.model.fuse import fold_batchnorm
+
+    cfg = ALL_VARIANTS[variant]
+    fold, cl = cfg.get("fold_bn", True), cfg.get("channels_last", True)
+    if not (fold or cl):
+        return ref_model
+    model = fold_batchnorm(ref_model) if fold else copy.deepcopy(ref_model)
+    return model.to(memory_format=torch.channels_last) if cl else model
+
+
+def frame_table(result: dict, variant: str, threads: int, floor_threads: int = 1) -> str:
+    rows = result["rows"]
+    f64 = f"{variant} float64 vs theirs float64" in rows[0]
+    same_arith = f"theirs as {variant} vs theirs" in rows[0]
+    head = ["frame", "bank theirs / ours", f"ours {variant} vs theirs: mean / max abs dp",
+            f"theirs {threads} vs {floor_threads} threads (floor)", f"ours {variant} {threads} vs {floor_threads} "
+            f"threads", "ours vs theirs / floor (means)"]
+    if same_arith:
+        head += [f"theirs with {variant}'s arithmetic vs theirs", f"ours {variant} vs theirs with its arithmetic"]
+    if f64:
+        head += ["float64: ours vs theirs (mean / max)", "float64 banks equal", "theirs vs float64 (mean)",
+                 f"ours {variant} vs float64 (mean)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        m, fl = r[f"{variant} vs theirs"], r["theirs floor"]
+        cells = [str(r["frame"]), f"{r['bank theirs']} / {r[f'bank {variant}']}", f"{_fmt(m[0])} / {_fmt(m[1])}",
+                 f"{_fmt(fl[0])} / {_fmt(fl[1])}", " / ".join(_fmt(x) for x in r.get(f"{variant} floor", ("-", "-"))),
+                 "-" if fl[0] == 0 else f"{m[0] / fl[0]:.1f}"]
+        if same_arith:
+            a, b = r[f"theirs as {variant} vs theirs"], r[f"{variant} vs theirs as {variant}"]
+            cells += [f"{_fmt(a[0])} / {_fmt(a[1])}", f"{_fmt(b[0])} / {_fmt(b[1])}"]
+        if f64:
+            e = r[f"{variant} float64 vs theirs float64"]
+            cells += [f"{e[0]:.1e} / {e[1]:.1e}", "yes" if r[f"bank {variant} float64"] == r["bank theirs float64"]
+                      else "no", _fmt(r["theirs vs float64"][0]), _fmt(r[f"{variant} vs float64"][0])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _clone_reference_bank(fb):
+    c = copy.copy(fb)
+    c.keys, c.values, c.info = [k.clone() for k in fb.keys], [v.clone() for v in fb.values], [i.clone() for i in fb.info]
+    c.peak_n, c.replace_n = fb.peak_n.copy(), fb.replace_n.copy()
+    return c
+
+
+def _our_bank_from(fb, merge_thres: float, update_rate: float, budget: int) -> FeatureBank:
+    """Our FeatureBank holding exactly the authors' bank ``fb``: keys, values, frame added, usage."""
+    from vos_core.inference.feature_bank import ObjectMemory
+
+    bank = FeatureBank(fb.keys[0].shape[0], fb.values[0].shape[0], budget, merge_thres, update_rate)
+    for k, v, info in zip(fb.keys, fb.values, fb.info):
+        mem = ObjectMemory(k.shape[0], v.shape[0], "cpu")
+        mem.append(k, v, 0, limit=budget)
+        mem.added_buf[: mem.n] = info[:, 0]
+        mem.usage_buf[: mem.n] = info[:, 1]
+        bank.objects.append(mem)
+    return bank
+
+
+def _kv_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    d = (a.double() - b.double()).abs()
+    return float(d.mean()), float(d.max())
+
+
+def teacher_forced_step(ref, ref_model, ours: dict, layout: Path, step: int = 2, merge_thres: float = 0.95,
+                        update_rate: float = 0.1, budget: int = 300_000, threads: int = 2, floor_threads: int = 1,
+                        carried_masks: dict | None = None, ref_model64=None) -> list[dict]:
+    """One step of the loop (memorise frame ``step`` - 1 with its soft mask, update the bank, read and
+    decode frame ``step``), each part fed the same inputs on both sides: the authors' bank and soft mask
+    (their loop up to frame ``step`` - 1), then at each part their output as the next part's input.
+    ``ours``: {name: (network as the Segmenter prepares it, channels_last)}. Every quantity comes with the
+    authors' own difference between ``threads`` and ``floor_threads`` threads on the same inputs.
+    ``carried_masks`` ({name: K×H×W soft mask of frame ``step`` - 1 from that variant's whole loop}): also
+    runs the authors' step from that mask, i.e. how much of the whole-loop difference at frame ``step``
+    the mask carries in. ``ref_model64`` (the authors' model in float64): also each side's memorised
+    keys and values against their memory encoder in float64 on the same inputs. Returns rows {part, quantity, floor, scale (of the compared quantity),
+    <name>: (mean, max) ...}."""
+    matcher_cls = type(ref_model.global_matcher)
+    ds = ref.DAVIS_Test_DS(str(layout), "2017/val.txt")
+    frames, masks, obj_n, _ = ds[0]
+    obj_n = int(obj_n)
+    if not 1 <= step - 1 < len(frames) - 1:
+        raise ValueError(f"step {step}: needs frames 0..{step} (have {len(frames)})")
+    rows = []
+
+    def add(part, quantity, floor, scale=float("nan"), **values):
+        rows.append({"part": part, "quantity": quantity, "floor": floor, "scale": scale, **values})
+
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _teacher_forced_parts(ref, ref_model, ours, frames, masks, obj_n, step, merge_thres, update_rate, budget,
+                              threads, floor_threads, carried_masks, add, matcher_cls, ref_model64)
+    finally:
+        torch.set_num_threads(saved_threads)
+    return rows
+
+
+def _teacher_forced_parts(ref, ref_model, ours, frames, masks, obj_n, step, merge_thres, update_rate, budget, threads,
+                          floor_threads, carried_masks, add, matcher_cls, ref_model64):
+    from vos_core.inference.preprocess import pad_to_multiple, unpad
+    from vos_core.model.network import QueryFeatures, soft_aggregate
+
+    with torch.no_grad():
+        fb = ref.FeatureBank(obj_n, budget, "cpu", update_rate=update_rate, thres_close=merge_thres)
+        fb.init_bank(*ref_model.memorize(frames[0:1], masks[0:1]))
+        for t in range(1, step):
+            pm = F.softmax(ref_model.segment(frames[t:t + 1], fb)[0], dim=1)
+            if t < step - 1:
+                fb.update(*ref_model.memorize(frames[t:t + 1], pm), t)
+        before = _clone_reference_bank(fb)  # the bank frame ``step`` - 1 is memorised into
+        f_prev, f_q = frames[step - 1:step], frames[step:step + 1]
+
+        def their_step(n, mask, model=ref_model):
+            def go():
+                b = _clone_reference_bank(before)
+                kv = model.memorize(f_prev, mask)
+                b.update([k.clone() for k in kv[0]], [v.clone() for v in kv[1]], step - 1)
+                return F.softmax(model.segment(f_q, b)[0], dim=1)[0]
+            return _with_threads(n, go)
+
+        # 1. the memory encoder on the soft mask
+        kv = {n: _with_threads(n, lambda: ref_model.memorize(f_prev, pm)) for n in (threads, floor_threads)}
+        k_t, v_t = torch.stack(kv[threads][0]), torch.stack(kv[threads][1])
+        k_f, v_f = torch.stack(kv[floor_threads][0]), torch.stack(kv[floor_threads][1])
+        x_prev, _ = pad_to_multiple(f_prev)
+        m_prev, _ = pad_to_multiple(pm)
+        enc = {}
+        for name, (model, cl) in ours.items():
+            x = x_prev.contiguous(memory_format=torch.channels_last) if cl else x_prev
+            enc[name] = [t[0] for t in model.encode_memory(x, m_prev)]
+        mag = float(k_t.abs().max()), float(v_t.abs().max())
+        add("memorise frame %d (soft mask)" % (step - 1), f"keys (max |key| {mag[0]:.3g})", _kv_diff(k_f, k_t),
+            mag[0], **{n: _kv_diff(e[0], k_t) for n, e in enc.items()})
+        add("memorise frame %d (soft mask)" % (step - 1), f"values (max |value| {mag[1]:.3g})", _kv_diff(v_f, v_t),
+            mag[1], **{n: _kv_diff(e[1], v_t) for n, e in enc.items()})
+        if ref_model64 is not None:  # the same inputs through their memory encoder in float64
+            with reference_dtype(ref, torch.float64):
+                k64, v64 = (torch.stack(x) for x in ref_model64.memorize(f_prev.double(), pm.double()))
+            for q, ours_i, theirs_x, exact in (("keys", 0, k_t, k64), ("values", 1, v_t, v64)):
+                add("memorise frame %d (soft mask)" % (step - 1), f"{q} against a float64 memory encoder (floor "
+                    f"column: theirs)", _kv_diff(theirs_x, exact), mag[ours_i],
+                    **{n: _kv_diff(e[ours_i], exact) for n, e in enc.items()})
+
+        # 2. the bank update, from the same bank with the same new features (theirs)
+        def their_update(n):
+            def go():
+                b = _clone_reference_bank(before)
+                b.update([k.clone() for k in kv[threads][0]], [v.clone() for v in kv[threads][1]], step - 1)
+                return b
+            return _with_threads(n, go)
+        after, after_f = their_update(threads), their_update(floor_threads)
+        mine = {}
+        for name in ours:
+            bank = _our_bank_from(before, merge_thres, update_rate, budget)
+            bank.update(k_t.clone(), v_t.clone(), step - 1)
+            mine[name] = bank
+
+        def bank_cmp(keys, values, usage, sizes):
+            if sizes != [int(k.shape[1]) for k in after.keys]:
+                return {"sizes": sizes}
+            return {"sizes": sizes, "keys": max(_kv_diff(a, b)[1] for a, b in zip(keys, after.keys)),
+                    "values": max(_kv_diff(a, b)[1] for a, b in zip(values, after.values)),
+                    "usage": max(_kv_diff(a, b)[1] for a, b in zip(usage, [i[:, 1] for i in after.info]))}
+        sizes_after = [int(k.shape[1]) for k in after.keys]
+        merged = sum(int(k.shape[1]) for k in kv[threads][0]) - sum(sizes_after) + \
+            sum(int(k.shape[1]) for k in before.keys)
+        fl = bank_cmp(after_f.keys, after_f.values, [i[:, 1] for i in after_f.info],
+                      [int(k.shape[1]) for k in after_f.keys])
+        ou = {n: bank_cmp([o.keys for o in b.objects], [o.values for o in b.objects], [o.usage for o in b.objects],
+                          b.sizes()) for n, b in mine.items()}
+        part = f"bank update (theirs: {[int(k.shape[1]) for k in before.keys]} -> {sizes_after}, {merged} merged)"
+        add(part, "bank sizes after the update", {"sizes": fl["sizes"]}, **{n: {"sizes": o["sizes"]} for n, o in ou.items()})
+        scales = {"keys": max(float(k.abs().max()) for k in after.keys),
+                  "values": max(float(v.abs().max()) for v in after.values),
+                  "usage": max(float(i[:, 1].abs().max()) for i in after.info)}
+        for q in ("keys", "values", "usage"):
+            add(part, f"bank {q}: max abs diff (sizes equal)", (0.0, fl.get(q, float("nan"))), scales[q],
+                **{n: (0.0, o.get(q, float("nan"))) for n, o in ou.items()})
+
+        # 3. the read of frame ``step``: the same bank (theirs, updated), the same query key (theirs)
+        [fq], pad = ref.myutils.pad_divide_by([f_q], 16, f_q.shape[-2:])
+
+        def their_query(n):
+            def go():
+                r4, r3, r2, r1 = ref_model.encoder_q(fq)
+                k4, v4 = ref_model.keyval_r4(r4)
+                return r4, r3, r2, r1, k4, v4
+            return _with_threads(n, go)
+        r4, r3, r2, r1, k4, v4 = their_query(threads)
+
+        def their_read(n):
+            def go():
+                b = _clone_reference_bank(after)
+                out = matcher_cls(update_bank=True)(b, k4, v4)[0]  # K × 2·valdim × HW
+                return out, torch.cat([i[:, 1] - j[:, 1] for i, j in zip(b.info, after.info)])  # rows end to end
+            return _with_threads(n, go)
+        (read_t, used_t), (read_f, used_f) = their_read(threads), their_read(floor_threads)
+        valdim = v4.shape[1]
+        reads = {}
+        for name in ours:
+            bank = _our_bank_from(after, merge_thres, update_rate, budget)
+            u0 = torch.cat([o.usage for o in bank.objects])
+            out = bank.read(k4[0])
+            reads[name] = (out, torch.cat([o.usage for o in bank.objects]) - u0)
+        scale = float(read_t[:, :valdim].abs().max())
+        add(f"read frame {step}", f"readout (max |readout| {scale:.3g})",
+            _kv_diff(read_f[:, :valdim], read_t[:, :valdim]), scale,
+            **{n: _kv_diff(r[0], read_t[:, :valdim]) for n, r in reads.items()})
+        exact = torch.stack([v.double() @ torch.softmax(kk.double().t() @ k4[0].double() / math.sqrt(kk.shape[0]), dim=0)
+                             for kk, v in zip(after.keys, after.values)])
+        add(f"read frame {step}", "readout against a float64 read (floor column: theirs)",
+            _kv_diff(read_t[:, :valdim], exact), scale, **{n: _kv_diff(r[0], exact) for n, r in reads.items()})
+        add(f"read frame {step}", "read count added to usage", _kv_diff(used_f, used_t), float(used_t.max()),
+            **{n: _kv_diff(r[1], used_t) for n, r in reads.items()})
+
+        # 4. the decoder: the same readout and query features (theirs)
+        k = obj_n
+        h1, w1 = r1.shape[-2:]
+
+        def their_decode(n):
+            res = read_t.reshape(k, 2 * valdim, *r4.shape[-2:])
+            return _with_threads(n, lambda: ref_model.decoder(res, r3.expand(k, -1, -1, -1), r2.expand(k, -1, -1, -1),
+                                                              r1.expand(k, -1, -1, -1), (1, k, h1, w1)))
+        fg_t, fg_f = their_decode(threads), their_decode(floor_threads)
+        qf = QueryFeatures(k4, v4, r3, r2, r1, tuple(r4.shape[-2:]))
+        add(f"decode frame {step}", "foreground probabilities (per object)", _kv_diff(fg_f, fg_t), 1.0,
+            **{n: _kv_diff(m.decode(read_t[:, :valdim].unsqueeze(0), qf)[0], fg_t) for n, (m, _) in ours.items()})
+
+        # 5. the whole step from the same bank and soft mask
+        p_t, p_f = their_step(threads, pm), their_step(floor_threads, pm)
+        whole, same_arith = {}, {}
+        xq, qpad = pad_to_multiple(f_q)
+        for name, (model, cl) in ours.items():
+            bank = _our_bank_from(before, merge_thres, update_rate, budget)
+            x = x_prev.contiguous(memory_format=torch.channels_last) if cl else x_prev
+            keys, values = model.encode_memory(x, m_prev)
+            bank.update(keys[0], values[0], step - 1)
+            q = model.encode_query(xq.contiguous(memory_format=torch.channels_last) if cl else xq)
+            fg = unpad(model.decode(bank.read(q.key[0]).unsqueeze(0), q)[0], qpad)
+            p = soft_aggregate(fg)
+            whole[name] = _kv_diff(p, p_t)
+            if name in ALL_VARIANTS:  # against the authors' step run with this variant's arithmetic
+                theirs_as = reference_arithmetic(ref_model, name)
+                same_arith[name] = whole[name] if theirs_as is ref_model else \
+                    _kv_diff(p, their_step(threads, pm, theirs_as))
+        add(f"whole step: frame {step} probabilities", "from the same bank and soft mask", _kv_diff(p_f, p_t), 1.0,
+            **whole)
+        if same_arith:
+            add(f"whole step: frame {step} probabilities", "against the authors' step with the variant's arithmetic "
+                "(reference_arithmetic)", _kv_diff(p_f, p_t), 1.0, **same_arith)
+
+        # 6. what the soft mask of frame ``step`` - 1 carries in
+        if carried_masks:
+            carried, given = {}, {}
+            for name, m in carried_masks.items():
+                mt = torch.from_numpy(np.asarray(m, np.float32))[None]
+                given[name] = _kv_diff(mt[0], pm[0])
+                carried[name] = _kv_diff(their_step(threads, mt), p_t)
+            add(f"soft mask of frame {step - 1} (whole loops)", "ours vs theirs", (float("nan"), float("nan")),
+                **given)
+            add(f"frame {step} of the authors' step from our mask", "vs from theirs", (float("nan"), float("nan")),
+                **carried)
+
+
+def step_table(rows: list[dict], names: list[str], threads: int, floor_threads: int = 1) -> str:
+    head = ["part", "quantity", f"theirs {threads} vs {floor_threads} threads (floor): mean / max"] + \
+        [f"ours {n} vs theirs: mean / max" for n in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(v):
+        if isinstance(v, dict):
+            return f"bank sizes {v['sizes']}"
+        mean, mx = v
+        return (_fmt(mx) if mean == 0 or mean != mean else f"{_fmt(mean)} / {_fmt(mx)}") if mx == mx else "-"
+    for r in rows:
+        lines.append("| " + " | ".join([r["part"], r["quantity"], cell(r["floor"])] + [cell(r[n]) for n in names]) + " |")
+    return "\n".join(lines)
 
 
 # -- comparison -------------------------------------------------------------------
@@ -535,6 +1044,47 @@ def table(rows: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
+def frame_check_main(args, size, variants: list[str]) -> int:
+    """--frame-check: see :func:`frame_by_frame` and :func:`teacher_forced_step`."""
+    with reference_modules(args.reference_dir) as ref, tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        layout = make_davis_layout(tmp / "davis", args.data, args.seq, args.frames, size, args.objects == 2)
+        frames, mask = load_frames_like_reference(layout, args.seq)
+        ckpt = tmp / "official.pth"
+        if args.bn == "realistic":
+            save_realistic_official(ckpt, frames, mask, args.seed, args.bn_frames)
+        else:
+            save_random_official(ckpt, args.seed)
+        ref_model, _ = load_reference_model(ref, ckpt, "cpu")
+        h, w = frames[0].shape[:2]
+        described = ", ".join(f"{v} {ALL_VARIANTS[v] or '(Segmenter defaults)'}" for v in variants)
+        print(f"sequence {args.seq}: {args.frames} frames {w}x{h}, {args.objects} object(s); random official checkpoint (seed "
+              f"{args.seed}), batch-norm statistics: {args.bn}"
+              f"{f' (calibrate_batchnorm on the first {min(args.bn_frames, len(frames))} frames)' if args.bn == 'realistic' else ' (0/1 defaults)'}; "
+              f"ours: {described}; "
+              f"mean / max abs probability difference per frame (all K planes); the floor: the authors' loop at "
+              f"{args.threads} against {args.floor_threads} thread(s)", flush=True)
+        base = load_model(ckpt)
+        ref64 = None if args.no_float64 else copy.deepcopy(ref_model).double()
+        for thres in (float(x) for x in args.merge_thres.split(",")):
+            res = frame_by_frame(ref, ref_model, base, layout, args.seq, thres, variants, args.threads,
+                                 float64=not args.no_float64, floor_threads=args.floor_threads, ref64=ref64)
+            for v in variants:
+                print(f"\nmerge_thres {thres:g}, ours {v}:")
+                print(frame_table(res, v, args.threads, args.floor_threads))
+            if args.step_frame < args.frames:
+                ours = {v: prepared_model(base, v) for v in variants}
+                carried = {v: res["runs"][f"ours {v}"].probs[args.step_frame - 1] for v in variants}
+                with torch.inference_mode():
+                    rows = teacher_forced_step(ref, ref_model, ours, layout, args.step_frame, thres, threads=args.threads,
+                                               floor_threads=args.floor_threads, carried_masks=carried,
+                                               ref_model64=None if args.no_float64 else ref64)
+                print(f"\nmerge_thres {thres:g}, frame {args.step_frame} teacher-forced (the authors' bank and soft "
+                      f"mask into both; each part fed the authors' output of the part before):")
+                print(step_table(rows, variants, args.threads, args.floor_threads), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference-dir", type=Path, default=default_reference_dir(),
@@ -571,6 +1121,26 @@ def main(argv=None) -> int:
     ap.add_argument("--read-size", default="30x54", help="HxW of the query features for --read-bank "
                     "(30x54: a 480x864 frame at 1/16)")
     ap.add_argument("--read-rows", type=int, default=2, help="bank rows (objects + background) for --read-bank")
+    ap.add_argument("--frame-check", action="store_true",
+                    help="only the frame-by-frame agreement: per frame, each fp32 variant of ours against the authors' "
+                         "loop next to the authors' own difference between --threads and --floor-threads threads, both "
+                         "loops in float64 too, and one step teacher-forced (--step-frame); one object, "
+                         "--merge-thres settings, a checkpoint with --bn statistics")
+    ap.add_argument("--bn", choices=("realistic", "random"), default="realistic",
+                    help="--frame-check: batch-norm statistics of the random checkpoint: calibrated on the first "
+                         "frames (calibrate_batchnorm) or the 0/1 defaults")
+    ap.add_argument("--bn-frames", type=int, default=4,
+                    help="--frame-check with --bn realistic: frames the batch-norm statistics are calibrated on")
+    ap.add_argument("--merge-thres", default="0.95,0.6", help="--frame-check: comma-separated merge thresholds")
+    ap.add_argument("--step-frame", type=int, default=2,
+                    help="--frame-check: the frame whose step is teacher-forced (2: the first read of a memory that "
+                         "holds a memorised soft mask)")
+    ap.add_argument("--floor-threads", type=int, default=1,
+                    help="--frame-check: thread count of the noise-floor runs (against --threads)")
+    ap.add_argument("--no-float64", action="store_true", help="--frame-check: skip the float64 loops")
+    ap.add_argument("--objects", type=int, choices=(1, 2), default=1,
+                    help="--frame-check: objects (2: the annotation split at its median column, as the 2-object "
+                         "settings)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -587,6 +1157,8 @@ def main(argv=None) -> int:
     print(f"machine: {describe_machine(args.threads, device)}; os.nice {os.nice(0)}; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; load average at start "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    if args.frame_check:
+        return frame_check_main(args, size, [v for v in variants if v not in APPROX_VARIANTS])
     with reference_modules(args.reference_dir) as ref, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ckpt = tmp / "official_random.pth"

@@ -8,6 +8,7 @@ top run always.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import sys
@@ -171,3 +172,164 @@ def test_default_segmenter_agrees_with_reference(cr, reference_env, setting_name
     assert c.sizes_equal and c.merged_ours == c.merged_theirs
     assert c.mean_abs_prob_diff < 1e-4
     assert c.argmax_agree > 0.999
+
+
+# -- frame 2: the first read of a memory that holds a memorised soft mask ----------------
+# A random official checkpoint with realistic batch-norm statistics (compare_reference.calibrate_batchnorm:
+# with the 0/1 defaults the random trunk saturates and its soft masks are near one-hot), so the memorised
+# soft mask of frame 1 is soft and the merge path runs. Each setting is held to the authors' own
+# difference between 2 threads and 1 thread on the same frames (the noise floor), measured here.
+F2_FRAMES = 3  # frames 0, 1, 2: frame 2 is the first read of a memorised soft mask
+F2_SETTINGS = {"append (0.95)": 0.95, "merge (0.6)": 0.6}  # calibrated keys: 0.95 appends all, 0.6 merges some
+F2_MERGE = "merge (0.6)"  # merges and appends: the float64 and teacher-forced checks run on it alone (CPU time)
+F2_FACTOR = 3.0
+F2_THREADS, F2_FLOOR_THREADS = 2, 1
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+@pytest.fixture(scope="module")
+def frame2_env(cr, tmp_path_factory):
+    ref_dir = cr.default_reference_dir()
+    if not cr.reference_present(ref_dir):
+        pytest.skip(SKIP_REASON)  # deliberately not require_shared: this is not shared data
+    data = require_shared("davis16-train-240p")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(F2_THREADS)
+    tmp = tmp_path_factory.mktemp("afburr_frame2")
+    try:
+        with cr.reference_modules(ref_dir) as ref:
+            layout = cr.make_davis_layout(tmp / "davis", data, SEQ, F2_FRAMES, SIZE)
+            frames, mask = cr.load_frames_like_reference(layout, SEQ)
+            ckpt = tmp / "official_realistic_bn.pth"
+            cr.save_realistic_official(ckpt, frames, mask, seed=0)
+            ref_model, _ = cr.load_reference_model(ref, ckpt, "cpu")
+            ours = cr.load_model(ckpt)  # copied for each run (cheaper than loading it again)
+            yield {"ref": ref, "ref_model": ref_model, "ref64": copy.deepcopy(ref_model).double(), "ckpt": ckpt,
+                   "ours": ours, "prepared": {v: cr.prepared_model(ours, v) for v in ("nchw", "default")},
+                   "layout": layout, "frames": frames, "mask": mask, "loops": {}, "steps": {}}
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _loops(cr, env, name):
+    if name not in env["loops"]:
+        env["loops"][name] = cr.frame_by_frame(env["ref"], env["ref_model"], env["ours"], env["layout"], SEQ,
+                                               F2_SETTINGS[name], ["nchw", "default"], F2_THREADS,
+                                               float64=name == F2_MERGE,
+                                               floor_threads=F2_FLOOR_THREADS, ours_floor=False,
+                                               float64_variants=["nchw"], ref64=env["ref64"])
+    return env["loops"][name]
+
+
+def _floor(cr, env, res, name, t):
+    """The authors' 2-vs-1-thread mean |dp| at frame t. Where their code gives the same bits at both thread
+    counts (a machine whose kernels never split a reduction by thread), that measures nothing: then the
+    floor is their loop run with channels_last convolutions instead, another change of summation order
+    in their own code."""
+    floor = res["rows"][t - 1]["theirs floor"][0]
+    if floor > 0:
+        return floor
+    if "channels_last" not in env["loops"].get(name + " floor", {}):
+        model = env["ref_model"].to(memory_format=torch.channels_last)
+        try:
+            env["loops"].setdefault(name + " floor", {})["channels_last"] = cr.run_reference(
+                env["ref"], model, env["layout"], 300_000, F2_SETTINGS[name], 0.1)
+        finally:
+            model.to(memory_format=torch.contiguous_format)
+    other = env["loops"][name + " floor"]["channels_last"]
+    return cr._dp(res["runs"]["theirs"].probs[t], other.probs[t])[0]
+
+
+@pytest.mark.parametrize("name", list(F2_SETTINGS))
+def test_frames_1_and_2_within_the_authors_thread_floor(cr, frame2_env, name):
+    """Whole loops, at frame 1 (memory: the annotated frame) and frame 2 (memory: frame 1's soft mask
+    too): the mean |dp| to the authors' loop is at most F2_FACTOR times the authors' own 2-vs-1-thread
+    difference on the same frames. For the authors' arithmetic (nchw) against their loop, with the same
+    bank sizes. For the Segmenter defaults against their loop run with the same arithmetic (batch norm
+    folded into their trunk, channels_last): folding and NHWC kernels round every convolution
+    differently, which the clamped log-odds of saturated pixels in frame 1's soft mask amplify at frame 2
+    (BENCHMARKS.md); their own code given that arithmetic moves as far, so that is the comparison that
+    isolates our code."""
+    res = _loops(cr, frame2_env, name)
+    for t in (1, 2):
+        row = res["rows"][t - 1]
+        floor = _floor(cr, frame2_env, res, name, t)
+        assert row["bank nchw"] == row["bank theirs"], (t, row["bank nchw"], row["bank theirs"])
+        for v, key in (("nchw", "nchw vs theirs"), ("default", "default vs theirs as default")):
+            mean = row[key][0]
+            assert mean <= F2_FACTOR * floor, \
+                f"{name} [{key}] frame {t}: mean |dp| {mean:.2e} > {F2_FACTOR:g} x the authors' floor {floor:.2e}"
+
+
+@pytest.mark.parametrize("name", [F2_MERGE])
+def test_float64_loops_are_the_same_algorithm(cr, frame2_env, name):
+    """Both loops in float64 (theirs as released, its three float32 casts following the run; ours in
+    VideoSession.step's order): rounding disappears and any difference of algorithm (the soft mask into
+    the memory encoder, the merge search, its moving average, the read, the decoder) would not. Banks of
+    the same size every frame, probabilities within 1e-7 (float32 rounding moves them by ~1e-3).
+    (BENCHMARKS.md: the Segmenter defaults' network, batch norm folded and channels_last, also agrees
+    in float64; here the nchw network, to keep the test short.)"""
+    res = _loops(cr, frame2_env, name)
+    runs = res["runs"]
+    merged = runs["theirs float64"].merged
+    appended = sum(runs["theirs float64"].sizes[-1]) - sum(runs["theirs float64"].sizes[0])
+    assert merged > 0 and appended > 0, f"{name}: {merged} merged, {appended} appended; the setting no longer does both"
+    ours = runs["ours nchw float64"]
+    assert ours.sizes == runs["theirs float64"].sizes and ours.merged == merged
+    worst = max(cr._dp(a, b)[1] for a, b in zip(ours.probs, runs["theirs float64"].probs))
+    assert worst < 1e-7, f"{name}: float64 loops differ by {worst:.2e}"
+
+
+@pytest.mark.parametrize("name", [F2_MERGE])
+def test_float64_loop_reproduces_the_segmenter(cr, frame2_env, name):
+    """The float64 check is only as good as its loop: in float32, run_ours_exact gives the Segmenter's
+    probabilities (nchw variant) on every frame."""
+    env = frame2_env
+    res = _loops(cr, env, name)
+    model, cl = env["prepared"]["nchw"]
+    exact32 = cr.run_ours_exact(model, env["frames"], env["mask"], 300_000, F2_SETTINGS[name], 0.1, torch.float32, cl)
+    worst = max(cr._dp(a, b)[1] for a, b in zip(exact32.probs, res["runs"]["ours nchw"].probs))
+    assert worst < 1e-6 and exact32.sizes == res["runs"]["ours nchw"].sizes
+
+
+@pytest.mark.parametrize("name", [F2_MERGE])  # at 0.95 the update only appends; the other parts are the same
+def test_frame2_step_teacher_forced(cr, frame2_env, name):
+    """Frame 2's step with the authors' bank and soft mask fed to both sides, part by part. The authors'
+    arithmetic (nchw): the memorised keys/values, the updated bank (same sizes, keys, values and usage)
+    and the decoded probabilities within F2_FACTOR x the authors' 2-vs-1-thread difference of the same
+    part (plus a few float32 ulps of its scale, where that difference is 0); the read, a different
+    summation order by design, no further from a float64 read than theirs. Both variants: the memorised
+    keys and values within F2_FACTOR x theirs' distance to a float64 memory encoder, and the whole step
+    within F2_FACTOR x the floor of the authors' step run with the variant's arithmetic (for the
+    defaults: batch norm folded into their trunk, channels_last)."""
+    env = frame2_env
+    if name not in env["steps"]:
+        with torch.inference_mode():
+            env["steps"][name] = cr.teacher_forced_step(env["ref"], env["ref_model"], env["prepared"], env["layout"], 2,
+                                                        F2_SETTINGS[name], threads=F2_THREADS,
+                                                        floor_threads=F2_FLOOR_THREADS, ref_model64=env["ref64"])
+    rows = {(r["part"].split(" (")[0], r["quantity"].split(" (")[0]): r for r in env["steps"][name]}
+
+    def within(key, variant, which=1):
+        r = rows[key]
+        got, floor = r[variant][which], r["floor"][which]
+        bound = F2_FACTOR * floor + 8 * EPS32 * r["scale"]
+        assert got <= bound, f"{name} [{variant}] {key}: {got:.3g} > {bound:.3g} (floor {floor:.3g})"
+
+    within(("memorise frame 1", "keys"), "nchw")
+    within(("memorise frame 1", "values"), "nchw")
+    for q in ("keys", "values"):  # both variants' memory encoders about as close to float64 as theirs
+        r = rows[("memorise frame 1", f"{q} against a float64 memory encoder")]
+        for v in ("nchw", "default"):
+            assert r[v][1] <= F2_FACTOR * r["floor"][1], (q, v, r)
+    sizes = rows[("bank update", "bank sizes after the update")]
+    assert sizes["nchw"] == sizes["default"] == sizes["floor"], sizes
+    for q in ("keys", "values", "usage"):
+        within(("bank update", f"bank {q}: max abs diff"), "nchw")
+    f64 = rows[("read frame 2", "readout against a float64 read")]
+    for v in ("nchw", "default"):
+        assert f64[v][1] <= 2 * f64["floor"][1] + 8 * EPS32 * f64["scale"], (v, f64)
+    within(("decode frame 2", "foreground probabilities"), "nchw")
+    for v in ("nchw", "default"):  # default: against the authors' step with its arithmetic (folded BN, NHWC)
+        within(("whole step: frame 2 probabilities", "against the authors' step with the variant's arithmetic"), v,
+               which=0)
