@@ -249,3 +249,14 @@ def test_memory_factory_swaps_the_memory(model):
     seg = Segmenter(model, memory=factory)
     list(seg.run(frames_of(4), {0: _two_objects()}))
     assert made == ["new", "update", "update"]  # frames 0 (start), 1 and 2 memorised; the last never is
+
+
+def test_editing_a_result_does_not_change_what_is_memorised(model):
+    frames = list(frames_of(4))
+    ann = _two_objects()
+    clean = list(Segmenter(model).run(frames, {0: ann}))
+    edited = []
+    for r in Segmenter(model).run(frames, {0: ann}):
+        edited.append(r.probs.copy())
+        r.probs[:] = 0.0  # a caller scribbling on its result
+    assert all(np.array_equal(a.probs, b) for a, b in zip(clean, edited))

@@ -289,11 +289,13 @@ def davis_clip(index: DavisIndex, seq: str, rng: random.Random, crop: int, frame
 
 class SampleStream:
     """Infinite random samples for one stage. Stage 1 mixes COCO pseudo-videos
-    with pseudo-videos of single DAVIS frames; stage 2 gives real DAVIS clips."""
+    with pseudo-videos of single DAVIS frames; stage 2 gives real DAVIS clips, and with
+    ``static_fraction`` > 0 that share of COCO pseudo-videos among them (more object variety than the
+    few training videos have)."""
 
     def __init__(self, stage: int, crop: int, frames: int, davis: DavisIndex | None = None,
                  coco: CocoIndex | None = None, seed: int = 0, max_skip: int = 5, coco_fraction: float = 0.7,
-                 max_objects: int = 3):
+                 max_objects: int = 3, static_fraction: float = 0.0):
         if stage == 1 and davis is None and coco is None:
             raise ValueError("stage 1 needs --coco-root and/or --data-root")
         if stage == 2 and davis is None:
@@ -304,6 +306,9 @@ class SampleStream:
         self.max_skip = max_skip
         self.coco_fraction = coco_fraction if (coco is not None and davis is not None) else (1.0 if coco else 0.0)
         self.max_objects = max_objects
+        if static_fraction and coco is None:
+            raise ValueError("a static fraction in stage 2 needs --coco-root")
+        self.static_fraction = static_fraction
 
     def one(self) -> Sample:
         rng = self.rng
@@ -314,6 +319,9 @@ class SampleStream:
                 else:
                     seq = rng.choice(self.davis.sequences)
                     img, ids = self.davis.load(seq, rng.choice(self.davis.frames[seq]))
+                s = pseudo_video(img, ids, rng, self.crop, self.frames, self.max_objects)
+            elif self.static_fraction and rng.random() < self.static_fraction:
+                img, ids = self.coco.load(rng.randrange(len(self.coco.items)))
                 s = pseudo_video(img, ids, rng, self.crop, self.frames, self.max_objects)
             else:
                 seq = rng.choice(self.davis.sequences)

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the trunks' batch-norm statistics frozen (auto: when the trunks are pretrained)")
     ap.add_argument("--max-objects", type=int, default=3, help="stage 1: objects per pseudo-video (plus background)")
     ap.add_argument("--coco-fraction", type=float, default=0.7, help="stage 1: share of COCO images (rest: DAVIS frames)")
+    ap.add_argument("--static-fraction", type=float, default=0.0,
+                    help="stage 2: share of COCO pseudo-videos among the real clips (needs --coco-root)")
     ap.add_argument("--lu", type=float, default=0.5, help="weight of the uncertainty loss")
     ap.add_argument("--memory", choices=("growing", "first"), default="growing")
     ap.add_argument("--ce-top", type=float, default=1.0,
@@ -247,7 +249,8 @@ class Trainer:
     def run(self) -> dict:
         a = self.args
         stream = SampleStream(a.stage, a.crop, a.frames, self.davis, self.coco, seed=a.seed * 1000 + self.iteration,
-                              max_skip=a.max_skip, coco_fraction=a.coco_fraction, max_objects=a.max_objects)
+                              max_skip=a.max_skip, coco_fraction=a.coco_fraction, max_objects=a.max_objects,
+                              static_fraction=a.static_fraction)
         log_f = fsspec.open(f"{self.out}/log.jsonl", "a").open()
         t0 = time.time() - self.elapsed0
         started = time.time()

@@ -212,7 +212,8 @@ class VideoSession:
         self._assess(t, mask, stats, given=set(new_objects) | set(corrected))
         return FrameResult(
             index=t, object_ids=list(ids), mask=mask,
-            probs=probs.cpu().numpy() if cfg.keep_probs else None,
+            # a copy: at input size ``probs`` is the very tensor memorised at the next step
+            probs=probs.cpu().numpy().copy() if cfg.keep_probs else None,
             uncertainty=u.cpu().numpy() if cfg.keep_uncertainty else None,
             stats=stats, annotated=annotated, new_objects=list(new_objects), corrected_objects=list(corrected),
         )
