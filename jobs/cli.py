@@ -3,6 +3,7 @@
     vos segment ... / vos eval ...             one video, no Ray (vos_core.cli)
     vos pseudo-label --manifest M --output O   the Ray job (python -m jobs.pseudo_label)
     vos train ...                              training (python -m vos_train)
+    vos calibrate --checkpoint C --data D --out C2   fit the quality estimate (vos_train.calibrate)
     vos query --output O "SELECT ..."          DuckDB over a run (python -m jobs.query)
     vos render --output O --video ID --to x.mp4
     vos report --output O --to report/
@@ -26,6 +27,7 @@ from .command import run_command
 DELEGATED = {
     "pseudo-label": ("jobs.pseudo_label", "pseudo-label a corpus on Ray (Parquet masks, frames, videos)"),
     "train": ("vos_train.__main__", "train or fine-tune the model (`vos train evaluate ...` to score)"),
+    "calibrate": ("vos_train.calibrate", "fit a checkpoint's per-frame quality estimate on sequences with ground truth"),
     "query": ("jobs.query", "DuckDB SQL over a run's output; --decode-video writes masks as PNGs"),
 }
 

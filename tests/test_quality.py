@@ -92,7 +92,7 @@ def test_vos_calibrate_fits_and_stores_an_estimate(tmp_path):
     from vos_core import Segmenter, load_model
     from vos_core.model import AFBURR, save_checkpoint
     from vos_core.model.config import COMPACT_RESNET18
-    from vos_train.calibrate import main
+    from jobs.cli import main as vos
 
     src = require_shared("davis16-train-240p")
     data = tmp_path / "davis"
@@ -101,7 +101,7 @@ def test_vos_calibrate_fits_and_stores_an_estimate(tmp_path):
     torch.manual_seed(0)
     ckpt, out = tmp_path / "model.pth", tmp_path / "calibrated.pth"
     save_checkpoint(AFBURR(COMPACT_RESNET18).eval(), ckpt, extra={"working_size": 64})
-    assert main(["--checkpoint", str(ckpt), "--data", str(data), "--sizes", "64,48", "--out", str(out),
+    assert vos(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--sizes", "64,48", "--out", str(out),
                  "--samples", str(tmp_path / "samples.jsonl")]) == 0
     lines = (tmp_path / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2 * 11  # sequences x sizes x frames after the first
