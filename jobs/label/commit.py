@@ -59,6 +59,16 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray): on a cluster, where an attempt ran."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # a record field, never a reason to fail
+        return None
+
+
 def count_attempts(layout: Layout, video_id: str) -> int:
     fs = layout.fs
     d = layout.path(ATTEMPTS, video_key(video_id))
@@ -139,9 +149,10 @@ class VideoCommit:
         self.hw: tuple[int, int] | None = None
 
     def begin(self, **info) -> None:
-        """Step 1: records that this attempt started (and where: for debugging and tests)."""
+        """Step 1: records that this attempt started (and where: host, pid, Ray node; for debugging and tests)."""
         marker = {"video_id": self.video_id, "attempt": self.attempt, "run_id": self.run_id,
-                  "worker": worker_name(), "pid": os.getpid(), "started_at": self.started_at.isoformat(), **info}
+                  "worker": worker_name(), "pid": os.getpid(), "node_id": ray_node_id(),
+                  "started_at": self.started_at.isoformat(), **info}
         path = self.layout.path(ATTEMPTS, video_key(self.video_id), f"{self.attempt}.json")
         st.makedirs(self.layout.fs, posixpath.dirname(path))
         st.put_atomic(self.layout.fs, path, json.dumps(marker).encode(), self.layout.staging)

@@ -154,7 +154,10 @@ def build_dataset(tasks: list[VideoTask], config: WorkerConfig, lo: int, hi: int
             num_cpus=options.cpus_per_actor,
             num_gpus=options.gpus_per_actor or None,
             max_restarts=options.max_retries,
-            max_task_retries=options.max_retries,
+            # Unbounded: a video's task is retried for as long as its actor comes back; --max-retries bounds
+            # the restarts. A count of task retries is spent within seconds when a node is lost (each try
+            # fails "actor unavailable" until the GCS declares the node dead) and the video was not retried.
+            max_task_retries=-1,
         )
 
 
