@@ -8,6 +8,7 @@
     vos render --output O --video ID --to x.mp4
     vos report --output O --to report/
     vos export --output O --to DIR --format davis|coco|sav|review [--where SQL]
+    vos compact --output O                     merge per-video files into large ones (python -m jobs.compact)
 
 vos_core stays free of Ray, Parquet and DuckDB: its parser is extended here, not there. This
 module imports the subcommands' modules; none of them imports it back.
@@ -20,7 +21,7 @@ import sys
 
 from vos_core.cli import build_parser as build_core_parser
 
-from . import export, render, report
+from . import compact, export, render, report
 from .command import run_command
 
 #: Commands handed over whole to another module's ``main(argv)`` (their own options and --help).
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_parser(sub)
     report.add_parser(sub)
     export.add_parser(sub)
+    compact.add_parser(sub)
     return parser
 
 

@@ -5,13 +5,16 @@
   (committed rows only: those whose ``(video_id, attempt)`` match a ``videos`` row with
   ``status = 'ok'``, see jobs/label/commit.py), ``masks_all`` and ``frames_all`` (every data
   file, as a plain glob reads it). Each view has ``shard`` (the hive partition, e.g. ``'07'``).
+  The views read the files listed when connecting (``jobs.layout.live_files``: after ``vos
+  compact``, the compacted files plus the per-video files they do not cover), not a glob.
   Remote outputs are read through fsspec (``duckdb.register_filesystem``): no DuckDB extension
   is downloaded (extension auto-install and auto-load are off). ``sandboxed=True`` then locks
   the connection to reading the run's three tables (``lock_down``);
 * ``query(output, sql)``: one read-only statement (SELECT, EXPLAIN) on a sandboxed connection,
   unless ``unsafe=True`` (``vos query --unsafe-sql``);
-* ``load_labels(layout, video_id)``: one committed video's frames and masks from its own files
-  (no scan of the run), and ``labelled_frames`` to reopen its frames beside them;
+* ``load_labels(layout, video_id)``: one committed video's frames and masks from its own files,
+  or the compacted ones that cover it (no scan of the run), and ``labelled_frames`` to reopen its
+  frames beside them;
 * ``decode_rle``, ``png_name``: a mask row to pixels, a frame to a file name.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 from .. import storage as st
 from ..codec import decode_rle  # noqa: F401  (part of the read layer)
 from ..errors import BadInput
-from ..layout import DEFAULT_SHARDS, Layout, read_run
+from ..layout import DEFAULT_SHARDS, Layout, live_files, read_run, read_video
 from ..schema import SCHEMAS, TABLES
 
 
@@ -81,10 +84,14 @@ def connect(output: str, storage: st.Storage | None = None, con=None, *, sandbox
     con.execute("SET autoload_known_extensions = false")
     if not st.is_local(layout.fs):
         con.register_filesystem(layout.fs)
+    # The files as listed now (compacted ones + the per-video files they do not cover), not a glob
+    # DuckDB would expand at each query: during a compaction (jobs/label/compact.py) a glob sees both.
+    live = live_files(layout)
     for table in TABLES:
         raw = "videos" if table == "videos" else f"{table}_all"
-        if layout.table_files(table):
-            src = f"read_parquet({_sql_str(layout.url(table, '**', '*.parquet'))}, hive_partitioning = true)"
+        if live[table]:
+            files = ", ".join(_sql_str(st.display(layout.fs, f)) for f in live[table])
+            src = f"read_parquet([{files}], hive_partitioning = true)"
         else:  # no file yet: an empty view with the documented columns
             con.register(f"_empty_{table}", SCHEMAS[table].empty_table().append_column("shard", pa.array([], pa.string())))
             src = f"_empty_{table}"
@@ -164,20 +171,6 @@ class VideoLabels:
         return [(oid, decode_rle(rle, self.height, self.width)) for oid, rle in frame.masks]
 
 
-def _read_video_file(layout: Layout, table: str, video_id: str, columns: list[str]):
-    """The rows of one video's file of ``table`` (one file per video: no scan of the whole run)."""
-    import pyarrow.parquet as pq
-
-    path = layout.data_path(table, video_id)
-    if not layout.fs.exists(path):
-        return None
-    # by path and filesystem, not from a Python file object: reading one of those on pyarrow's
-    # threads while torch is loaded can abort the process at exit ("terminate called ...")
-    names = pq.read_schema(path, filesystem=layout.fs).names
-    present = [c for c in columns if c in names]  # older outputs lack newer columns
-    return pq.read_table(path, filesystem=layout.fs, columns=present)
-
-
 def _rows_of(table, attempt: str, frame_indices):
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -193,14 +186,16 @@ def load_labels(layout: Layout, video_id: str, frame_indices: list[int] | None =
     """One committed video's frames and masks (``frame_indices``: only these frames) from its own
     files under ``layout`` (``open_layout``): only rows of the attempt its ``videos`` record
     committed, as the ``masks``/``frames`` views keep."""
-    rec = _read_video_file(layout, "videos", video_id, ["status", "error", "video_uri", "height", "width", "attempt"])
+    # its own files, or the compacted files that cover it (one lookup, no scan of the run)
+    rows = read_video(layout, video_id, {"videos": ["status", "error", "video_uri", "height", "width", "attempt"],
+                                         "frames": ["frame_index", "frame_name", "u_map_png", "attempt"],
+                                         "masks": ["frame_index", "object_id", "rle", "area", "attempt"]})
+    rec, ft, mt = rows["videos"], rows["frames"], rows["masks"]
     if rec is None or not rec.num_rows:
         raise ReadError(f"{video_id!r}: no such video in {layout.url()}")
     status, error, video_uri, height, width, attempt = (rec[c][0].as_py() for c in rec.column_names)
     if status != "ok":
         raise ReadError(f"{video_id!r}: the video failed ({error}), it has no labels")
-    ft = _read_video_file(layout, "frames", video_id, ["frame_index", "frame_name", "u_map_png", "attempt"])
-    mt = _read_video_file(layout, "masks", video_id, ["frame_index", "object_id", "rle", "area", "attempt"])
     if ft is None or mt is None:
         raise ReadError(f"{video_id!r}: committed, but its frames or masks file is missing from {layout.url()}")
     ft, mt = _rows_of(ft, attempt, frame_indices), _rows_of(mt, attempt, frame_indices)

@@ -32,7 +32,7 @@ from pycocotools import mask as mask_utils
 from .. import storage as st
 from ..errors import BadInput
 from ..codec import decode_rle, encode_id_map_png
-from ..layout import DEFAULT_SHARDS, Layout, read_run, read_videos, video_key
+from ..layout import DEFAULT_SHARDS, Layout, read_run, read_video, read_videos, video_key
 from .manifest import VideoTask
 
 STAGED = "_corrections"
@@ -73,11 +73,9 @@ class ParentRun:
         """{frame: {object: 0/1 mask}} of the parent's committed masks at ``frames``."""
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         v = self.videos[video_id]
-        mt = pq.read_table(self.layout.data_path("masks", video_id), filesystem=self.layout.fs,
-                           columns=["frame_index", "object_id", "rle", "attempt"])
+        mt = read_video(self.layout, video_id, {"masks": ["frame_index", "object_id", "rle", "attempt"]})["masks"]
         keep = pc.and_(pc.equal(mt["attempt"], v["attempt"]),
                        pc.is_in(mt["frame_index"], value_set=pa.array(sorted(frames), pa.int32())))
         out: dict[int, dict[int, np.ndarray]] = {int(t): {} for t in frames}
@@ -86,17 +84,15 @@ class ParentRun:
         return out
 
     def index(self, video_id: str) -> tuple[dict[int, str], set[int]]:
-        """({frame_index: frame_name}, tracked object ids) of a committed video (its own files only)."""
+        """({frame_index: frame_name}, tracked object ids) of a committed video (its files only, no scan)."""
         if video_id not in self._index:
             import pyarrow.compute as pc
-            import pyarrow.parquet as pq
 
             attempt = self.videos[video_id]["attempt"]
-            fs = self.layout.fs
-            # by path and filesystem (not a Python file object): see read.py's _read_video_file
-            ft = pq.read_table(self.layout.data_path("frames", video_id), filesystem=fs,
-                               columns=["frame_index", "frame_name", "attempt"])
-            mt = pq.read_table(self.layout.data_path("masks", video_id), filesystem=fs, columns=["object_id", "attempt"])
+            # its own files or the compacted ones covering it (jobs/layout.py)
+            rows = read_video(self.layout, video_id, {"frames": ["frame_index", "frame_name", "attempt"],
+                                                      "masks": ["object_id", "attempt"]})
+            ft, mt = rows["frames"], rows["masks"]
             ft, mt = ft.filter(pc.equal(ft["attempt"], attempt)), mt.filter(pc.equal(mt["attempt"], attempt))
             names = dict(zip(ft["frame_index"].to_pylist(), ft["frame_name"].to_pylist()))
             self._index[video_id] = (names, set(mt["object_id"].to_pylist()))

@@ -104,9 +104,9 @@ def describe(holder: dict | None) -> str:
             f"{holder.get('command') or '?'})")
 
 
-def _held_message(layout: Layout, holder: dict | None, extra: str = "") -> str:
+def _held_message(layout: Layout, holder: dict | None, extra: str = "", name: str = LEASE_FILE) -> str:
     return (f"{layout.url()} is being written by {describe(holder)}; it holds the run's lease "
-            f"{layout.url(LEASE_FILE)}{extra}. Wait for it to finish or stop it, then rerun (committed videos are "
+            f"{layout.url(name)}{extra}. Wait for it to finish or stop it, then rerun (committed videos are "
             f"kept); two drivers on one output would overwrite each other's results")
 
 
@@ -125,11 +125,11 @@ class Lease:
 
 
 class LocalLease(Lease):
-    def __init__(self, layout: Layout):
+    def __init__(self, layout: Layout, name: str = LEASE_FILE):
         import fcntl
 
-        self.layout = layout
-        path = layout.path(LEASE_FILE)
+        self.layout, self.name = layout, name
+        path = layout.path(name)
         st.makedirs(layout.fs, layout.root)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -139,10 +139,10 @@ class LocalLease(Lease):
             with contextlib.suppress(Exception):
                 holder = json.loads(os.pread(fd, 1 << 16, 0) or b"null")
             os.close(fd)
-            raise LeaseHeld(_held_message(layout, holder)) from None
+            raise LeaseHeld(_held_message(layout, holder, name=name)) from None
         except OSError as e:
             os.close(fd)
-            raise OutputError(f"{layout.url(LEASE_FILE)}: cannot lock the run's lease ({e}); the output's file "
+            raise OutputError(f"{layout.url(name)}: cannot lock the run's lease ({e}); the output's file "
                               f"system must support flock") from None
         self._fd = fd
         data = json.dumps(_holder_info(), indent=1).encode()
@@ -169,9 +169,9 @@ def _conflict(e: BaseException) -> bool:
 
 
 class ObjectLease(Lease):
-    def __init__(self, layout: Layout):
-        self.layout = layout
-        self.fs, self.path = layout.fs, layout.path(LEASE_FILE)
+    def __init__(self, layout: Layout, name: str = LEASE_FILE):
+        self.layout, self.name = layout, name
+        self.fs, self.path = layout.fs, layout.path(name)
         self.s3 = _is_s3(self.fs)
         self.info = _holder_info()
         self.etag = None
@@ -215,7 +215,7 @@ class ObjectLease(Lease):
                 content = {}
             if self._etag() == before:  # not rewritten while it was read
                 return content, before
-        raise OutputError(f"{self.layout.url(LEASE_FILE)}: the lease keeps changing while it is read")
+        raise OutputError(f"{self.layout.url(self.name)}: the lease keeps changing while it is read")
 
     def _put(self, *, create: bool = False, if_match: str | None = None) -> None:
         data = json.dumps(self.info, indent=1).encode()
@@ -241,25 +241,26 @@ class ObjectLease(Lease):
                 return
             except Exception as e:
                 if not _conflict(e):
-                    raise OutputError(f"{self.layout.url(LEASE_FILE)}: cannot write the run's lease "
+                    raise OutputError(f"{self.layout.url(self.name)}: cannot write the run's lease "
                                       f"({type(e).__name__}: {e})") from None
             holder, etag = self._read()
             if holder is None:  # released in between: try to create it again
                 continue
             why = stale_reason(holder)
             if why is None:
-                raise LeaseHeld(_held_message(self.layout, holder, f" (last heartbeat {holder.get('heartbeat_at')})"))
+                raise LeaseHeld(_held_message(self.layout, holder, f" (last heartbeat {holder.get('heartbeat_at')})",
+                                              self.name))
             try:
                 self._put(if_match=etag)  # one taker wins: the others' condition fails
             except Exception as e:
                 if _conflict(e):
                     continue
-                raise OutputError(f"{self.layout.url(LEASE_FILE)}: cannot take over the run's lease "
+                raise OutputError(f"{self.layout.url(self.name)}: cannot take over the run's lease "
                                   f"({type(e).__name__}: {e})") from None
             print(f"took over the run's lease from {describe(holder)}: {why}", flush=True)
             return
         holder, _ = self._read()
-        raise LeaseHeld(_held_message(self.layout, holder))
+        raise LeaseHeld(_held_message(self.layout, holder, name=self.name))
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
@@ -288,11 +289,12 @@ class ObjectLease(Lease):
                     self.fs.rm_file(self.path)
 
 
-def acquire(layout: Layout) -> Lease:
+def acquire(layout: Layout, name: str = LEASE_FILE) -> Lease:
     """Takes the lease of the run at ``layout`` (LeaseHeld while another driver holds it); checks
-    first that the output can be used at all."""
+    first that the output can be used at all. ``name``: another lease file of the output (the one
+    ``vos compact`` holds, jobs/label/compact.py)."""
     check_output_location(layout)
-    return LocalLease(layout) if st.is_local(layout.fs) else ObjectLease(layout)
+    return LocalLease(layout, name) if st.is_local(layout.fs) else ObjectLease(layout, name)
 
 
 _held: contextvars.ContextVar[list | None] = contextvars.ContextVar("vos_leases", default=None)

@@ -24,6 +24,15 @@ DICTIONARY_COLUMNS = ("video_id", "run_id", "attempt", "frame_name")
 NO_STATISTICS = ("rle", "objects", "u_map_png")
 
 
+def writer_options(table: str) -> dict:
+    """``pq.ParquetWriter`` settings of every file of ``table`` (one video's, or a compacted one)."""
+    names = SCHEMAS[table].names
+    return dict(compression="zstd", compression_level=ZSTD_LEVEL,
+                use_dictionary=[c for c in DICTIONARY_COLUMNS if c in names],
+                write_statistics=[c for c in names if c not in NO_STATISTICS],
+                sorting_columns=[pq.SortingColumn(names.index(k)) for k in SORT_KEYS[table]])
+
+
 class TableFile:
     """Rows of one table for one video, streamed into a Parquet file that is published atomically."""
 
@@ -32,14 +41,8 @@ class TableFile:
         self.schema = SCHEMAS[table]
         self.path = layout.data_path(table, video_id)
         self._file = st.AtomicFile(layout.fs, self.path, layout.staging, block_size=UPLOAD_PART_BYTES)
-        names = self.schema.names
-        self._writer = pq.ParquetWriter(
-            self._file.file, self.schema, compression="zstd", compression_level=ZSTD_LEVEL,
-            use_dictionary=[c for c in DICTIONARY_COLUMNS if c in names],
-            write_statistics=[c for c in names if c not in NO_STATISTICS],
-            sorting_columns=[pq.SortingColumn(names.index(k)) for k in SORT_KEYS[table]],
-        )
-        self._cols: dict[str, list] = {n: [] for n in names}
+        self._writer = pq.ParquetWriter(self._file.file, self.schema, **writer_options(table))
+        self._cols: dict[str, list] = {n: [] for n in self.schema.names}
         self._n = 0
         self.rows = 0
 
