@@ -51,18 +51,23 @@ class LocalCluster:
         self.nodes: dict[str, tuple[subprocess.Popen, str]] = {}  # name -> (ray start, temp dir)
 
     def _start(self, name: str, args: list[str], env: dict | None = None, ready: str = "Ray runtime started"):
-        temp_dir = tempfile.mkdtemp(prefix=f"vosmn{name[:4]}", dir="/tmp")
-        log = self.log_dir / f"ray_{name}.log"
-        with open(log, "wb") as f:
-            proc = subprocess.Popen([ray_cli(), "start", "--block", "--node-ip-address=127.0.0.1",
-                                     f"--temp-dir={temp_dir}", "--disable-usage-stats", *args],
-                                    env={**self.env, **(env or {})}, stdout=f, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        self.nodes[name] = (proc, temp_dir)
-        wait_for(lambda: proc.poll() is not None or ready in log.read_text(errors="replace"), timeout=180,
-                 interval=0.5, what=f"ray start ({name})")
-        assert proc.poll() is None, log.read_text()
-        return proc
+        for tries_left in (1, 0):
+            temp_dir = tempfile.mkdtemp(prefix=f"vosmn{name[:4]}", dir="/tmp")
+            log = self.log_dir / f"ray_{name}.log"
+            with open(log, "wb") as f:
+                proc = subprocess.Popen([ray_cli(), "start", "--block", "--node-ip-address=127.0.0.1",
+                                         f"--temp-dir={temp_dir}", "--disable-usage-stats", *args],
+                                        env={**self.env, **(env or {})}, stdout=f, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            self.nodes[name] = (proc, temp_dir)
+            wait_for(lambda: proc.poll() is not None or ready in log.read_text(errors="replace"), timeout=180,
+                     interval=0.5, what=f"ray start ({name})")
+            text = log.read_text(errors="replace")
+            if proc.poll() is not None and tries_left and "timed out during startup" in text:
+                self.kill(name)  # Ray gives a raylet 30 s to register (fixed in 2.60): a loaded machine, once more
+                continue
+            assert proc.poll() is None, text
+            return proc
 
     def start_head(self, *args: str, env: dict | None = None):
         return self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=false", *args], env)
