@@ -196,3 +196,43 @@ def test_read_of_a_grown_bank_matches_the_definition_in_float64(monkeypatch):
     assert torch.allclose(got[0], want, atol=1e-5), (got[0] - want).abs().max()
     # a weight within float error of 1e-3 may count differently: allow a handful of such entries
     assert (bank.objects[0].usage - want_usage).abs().gt(1e-5).sum() <= 3
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not available in this torch build")
+@pytest.mark.parametrize("n", [7, 1024, 1100, 2050])  # under the smallest bucket, on one, just past, capacity-capped
+def test_bucketed_onednn_read_equals_the_mm_read(monkeypatch, n):
+    """products='onednn' pads the bank to a bucket length (a -inf bias on the padding) and the query blocks
+    to a bucketed row count: the same readout up to float rounding, the same usage, nothing else changed.
+    The buffer past n holds old entries (as after an eviction), which the padding must not read."""
+    import vos_core.inference.feature_bank as fb
+    from vos_core.model.memory_read import bucket_length
+
+    torch.manual_seed(n)
+    d, v, hw = 32, 16, 150
+    keys, values, q = torch.randn(d, n + 300) * 2, torch.randn(v, n + 300), torch.randn(d, hw)
+    banks = {}
+    for products in ("mm", "onednn"):
+        bank = fb.FeatureBank(d, v, budget=10 * n, products=products)
+        mem = fb.ObjectMemory(d, v, "cpu")
+        mem.append(keys, values, 0, limit=n + 300)
+        mem.n = n  # the last 300 columns are stale entries now
+        bank.objects.append(mem)
+        banks[products] = bank
+    monkeypatch.setattr(fb, "_READ_BLOCK", 64 * bucket_length(n))  # several query blocks, a padded last one
+    with torch.inference_mode():
+        want, got = banks["mm"].read(q), banks["onednn"].read(q)
+    assert got.shape == want.shape == (1, v, hw)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
+    a, b = banks["mm"].objects[0], banks["onednn"].objects[0]
+    assert a.usage.gt(0).any() and (a.usage - b.usage).abs().gt(1e-6).sum() <= 2  # a weight at 1e-3 may flip
+    assert torch.equal(a.usage_buf[n:], b.usage_buf[n:])  # the stale columns are not counted
+
+
+def test_bucket_lengths_are_few_and_pad_by_at_most_a_quarter():
+    from vos_core.model.memory_read import bucket_length
+
+    sizes = {bucket_length(n) for n in range(1, 300_001)}
+    assert len(sizes) <= 40
+    assert all(n <= bucket_length(n) <= max(1024, 1.25 * n) for n in (1, 1023, 1024, 1025, 1537, 4097, 299_999))
+    with pytest.raises(ValueError, match="products"):
+        FeatureBank(4, 4, products="blas")

@@ -23,13 +23,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..model.memory_read import attend, query_rows, read_values
+from ..model.memory_read import attend, bucket_length, onednn_available, onednn_linear, query_rows, read_values
 from .config import DEFAULTS, SegmenterConfig
 
 READ_THRESHOLD = 1e-3  # attention weight above which a read counts as a use
 USAGE_CLAMP = 1e5  # as the authors: keeps usage finite
 _CORR_CHUNK = 8192  # bank rows per block when matching new features
 _READ_BLOCK = 1 << 25  # attention-matrix elements per block of query pixels (128 MiB in fp32)
+PRODUCTS = ("mm", "onednn")  # the read's matrix products: torch.mm (MKL on CPU), or oneDNN with bucketed shapes
+_ROW_BUCKET = 64  # oneDNN read: query blocks are padded to a bucketed number of rows, at least this many
 
 
 class ObjectMemory:
@@ -38,8 +40,10 @@ class ObjectMemory:
     def __init__(self, keydim: int, valdim: int, device, dtype=torch.float32, capacity: int = 0):
         self.keydim, self.valdim = keydim, valdim
         self.n = 0
-        self.keys_buf = torch.empty(keydim, capacity, device=device, dtype=dtype)
-        self.values_buf = torch.empty(valdim, capacity, device=device, dtype=dtype)
+        # Zeroed, not empty: the bucketed read multiplies columns past n (by a zero attention weight), and
+        # uninitialised memory may hold NaNs. Columns a compaction leaves behind hold old, finite entries.
+        self.keys_buf = torch.zeros(keydim, capacity, device=device, dtype=dtype)
+        self.values_buf = torch.zeros(valdim, capacity, device=device, dtype=dtype)
         self.added_buf = torch.empty(capacity, device=device, dtype=torch.float32)
         self.usage_buf = torch.empty(capacity, device=device, dtype=torch.float32)
         self.evicted_total = 0
@@ -71,7 +75,7 @@ class ObjectMemory:
         cap = max(needed, min(max(limit, needed), max(2 * self.capacity, 1024)))
         for name in ("keys_buf", "values_buf"):
             old = getattr(self, name)
-            new = old.new_empty(old.shape[0], cap)
+            new = old.new_zeros(old.shape[0], cap)
             new[:, : self.n] = old[:, : self.n]
             setattr(self, name, new)
         for name in ("added_buf", "usage_buf"):
@@ -109,7 +113,12 @@ class FeatureBank:
     """
 
     def __init__(self, keydim: int, valdim: int, budget: int = DEFAULTS.budget, merge_thres: float = DEFAULTS.merge_thres,
-                 update_rate: float = DEFAULTS.update_rate, device="cpu", dtype=torch.float32):
+                 update_rate: float = DEFAULTS.update_rate, device="cpu", dtype=torch.float32, products: str = "mm"):
+        """``products``: how the read multiplies, "mm" (torch.mm) or "onednn" (CPU, float32: oneDNN's inner
+        product over the bank padded to a few bucketed lengths, the padding masked out; see BENCHMARKS.md
+        for when it is faster)."""
+        if products not in PRODUCTS:
+            raise ValueError(f"products must be one of {list(PRODUCTS)}, got {products!r}")
         if budget < 1:
             raise ValueError(f"budget must be a positive integer, got {budget}")
         if not 0.0 <= update_rate <= 1.0:
@@ -119,6 +128,9 @@ class FeatureBank:
         self.merge_thres = float(merge_thres)
         self.update_rate = float(update_rate)
         self.device, self.dtype = torch.device(device), dtype
+        self.products = products
+        if products == "onednn" and (self.device.type != "cpu" or dtype != torch.float32 or not onednn_available()):
+            raise ValueError("products='onednn' needs a float32 bank on a CPU with oneDNN")
         # On GPU, merge with fixed-shape ops so the frame loop does not wait on the host.
         self.sync_free = self.device.type != "cpu"
         self.objects: list[ObjectMemory] = []
@@ -279,8 +291,12 @@ class FeatureBank:
         # contiguous memory (on CPU: softmax 83 -> 46 ms, count 113 -> 65 ms for
         # 30,000 entries × 1,620 pixels, against the bank-major order).
         rows = query_rows(query_key)
+        onednn = self.products == "onednn" and not torch.is_autocast_enabled("cpu")
         for i, mem in enumerate(self.objects):
             if mem.n == 0:
+                continue
+            if onednn:
+                self._read_bucketed(rows, mem, out[i], count_usage)
                 continue
             keys, values = mem.keys, mem.values  # keydim×N, valdim×N
             used = torch.zeros(mem.n, device=query_key.device, dtype=torch.int32) if count_usage else None
@@ -293,3 +309,32 @@ class FeatureBank:
             if count_usage:
                 mem.usage_buf[: mem.n] += torch.log(used.to(torch.float32) + 1)
         return out
+
+    @staticmethod
+    def _read_bucketed(rows: torch.Tensor, mem: ObjectMemory, out: torch.Tensor, count_usage: bool) -> None:
+        """``read`` for one object through oneDNN, on operands of bucketed shapes: the bank's first
+        ``width`` columns (its length rounded up to a bucket, at most its capacity; the columns past n get
+        a -inf bias, so exactly zero weight) and query blocks of a bucketed number of rows (zero rows
+        added, their outputs dropped). A bank of any length then brings one of a few shapes."""
+        n, hw = mem.n, rows.shape[0]
+        width = min(bucket_length(n), mem.capacity)
+        # oneDNN takes its weights dense: one copy per read (the values are already dense at full capacity)
+        # rather than one inside every block's product
+        keys = mem.keys_buf[:, :width].t().contiguous()  # width×keydim
+        values = mem.values_buf[:, :width].contiguous()  # valdim×width
+        bias = torch.zeros(width, dtype=rows.dtype, device=rows.device)
+        bias[n:] = float("-inf")
+        step = max(_ROW_BUCKET, _READ_BLOCK // width // _ROW_BUCKET * _ROW_BUCKET)
+        used = torch.zeros(n, device=rows.device, dtype=torch.int32) if count_usage else None
+        for s in range(0, hw, step):
+            block = rows[s: s + step]
+            m = block.shape[0]
+            padded = min(step, bucket_length(m, floor=_ROW_BUCKET))
+            if padded > m:
+                block = F.pad(block, (0, 0, 0, padded - m))
+            attn = torch.softmax(onednn_linear(block, keys, bias), dim=-1)  # padded×width
+            out[:, s: s + m] = onednn_linear(attn, values)[:m].t()
+            if count_usage:
+                used += attn[:m, :n].gt(READ_THRESHOLD).sum(dim=0, dtype=torch.int32)
+        if count_usage:
+            mem.usage_buf[:n] += torch.log(used.to(torch.float32) + 1)

@@ -29,3 +29,32 @@ def memory_read(query_key: torch.Tensor, mem_key: torch.Tensor, mem_value: torch
     """Dense read: query keys ...×C×N, memory keys ...×C×M, values ...×V×M -> ...×V×N (broadcasting over
     the leading dims, e.g. B×1×C×N against B×K×C×M)."""
     return read_values(attend(query_rows(query_key), mem_key), mem_value)
+
+
+# -- the bank's products through oneDNN, with bucketed shapes (CPU) --------------------------------------
+# torch's float32 CPU matmul calls MKL's sgemm; oneDNN's inner product (the op torch's compiler emits for
+# linear layers on the CPU) can be faster, but keeps state for every operand shape it has seen (about
+# 0.6 MB each, never given back), and a feature bank changes length on most frames. Padding the length
+# to a few bucket sizes (the padded entries masked out of the softmax by a -inf bias) bounds the shapes.
+
+#: Bucket sizes per octave (4: at most 25% padding) and the smallest bucket.
+BUCKETS_PER_OCTAVE = 4
+MIN_BUCKET = 1024
+
+
+def bucket_length(n: int, per_octave: int = BUCKETS_PER_OCTAVE, floor: int = MIN_BUCKET) -> int:
+    """The smallest bucket size >= n: ``floor``, then 2^e x (1 + i / per_octave)."""
+    if n <= floor:
+        return floor
+    base = 1 << ((n - 1).bit_length() - 1)  # base < n <= 2 base
+    step = max(1, base // per_octave)
+    return base + -(-(n - base) // step) * step
+
+
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x N×C, weight M×C -> x @ weight.T (+ bias) through oneDNN's inner product (fp32, CPU)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
