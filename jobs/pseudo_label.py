@@ -20,7 +20,7 @@ from vos_core.inference import config as segmenter_options
 
 from . import storage as st
 from .command import HelpFormatter, OneLineErrors, run_command
-from .label.options import DEFAULT_OUTPUT_ROOT, JOB_OUTPUTS, ActorPool, JobOptions
+from .label.options import DEFAULT_OUTPUT_ROOT, JOB_OUTPUTS, ActorPool, JobOptions, parse_shard
 
 D = JobOptions()  # the defaults, shown in --help
 
@@ -28,6 +28,13 @@ D = JobOptions()  # the defaults, shown in --help
 def _actors(spec: str) -> ActorPool:
     try:
         return ActorPool.parse(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _shard(spec: str) -> tuple[int, int]:
+    try:
+        return parse_shard(spec)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -63,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="restarts of a dead actor and retries of its video")
     ray_.add_argument("--prefetch", type=int, default=D.prefetch,
                       help="frames decoded ahead, and results waiting to be encoded, per actor (at least 1)")
+    ray_.add_argument("--videos-per-task", type=int, default=D.videos_per_task,
+                      help="videos an actor is handed at once (one Ray task; each still committed on its own): "
+                           "amortises Ray's per-task cost over short clips; lowered for small runs so every actor "
+                           "gets at least 4 tasks")
     ray_.add_argument("--encode-inline", action="store_true",
                       help="encode results (RLE, PNG, Parquet rows) on the model's thread instead of a thread of "
                            "their own (the A/B baseline of benchmarks/bench_job.py)")
@@ -73,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_.add_argument("--retry-failed", action="store_true",
                       help="when resuming, also rerun the videos that failed (default: skip every committed video)")
     run_.add_argument("--fail-on-error", action="store_true", help="exit with status 1 when a video failed")
-    run_.add_argument("--limit", type=int, default=None, help="process only the first N manifest rows")
+    run_.add_argument("--limit", type=int, default=None, help="process only the first N manifest rows (of the "
+                      "--manifest-shard slice when given)")
+    run_.add_argument("--manifest-shard", type=_shard, default=None, metavar="I/N",
+                      help="process only slice I (0-based) of N equal contiguous slices of the manifest's rows: "
+                           "the N slices are disjoint and cover the manifest")
     run_.add_argument("--progress-interval", type=float, default=D.progress_interval,
                       help="seconds between heartbeat lines (0: none)")
     review = p.add_argument_group("review and corrections (docs/review-loop.md)")
@@ -102,8 +117,10 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         davis_resolution=args.davis_resolution, endpoint_url=args.endpoint_url, storage_options=storage_options,
         shards=args.shards, segmenter=segmenter_options.from_args(args, **JOB_OUTPUTS), actors=args.actors,
         gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, max_retries=args.max_retries,
-        prefetch=args.prefetch, encode_inline=args.encode_inline, ray_address=args.ray_address,
+        prefetch=args.prefetch, videos_per_task=args.videos_per_task, encode_inline=args.encode_inline,
+        ray_address=args.ray_address,
         num_cpus=args.num_cpus, retry_failed=args.retry_failed, fail_on_error=args.fail_on_error, limit=args.limit,
+        manifest_shard=args.manifest_shard,
         progress_interval=args.progress_interval, review_quality=args.review_quality, corrections=args.corrections,
         parent=args.parent)
 

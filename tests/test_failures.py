@@ -127,6 +127,45 @@ def test_actor_killed_mid_video_is_retried_once(ray_runtime, compact_ckpt, tmp_p
 
 
 @slow
+def test_a_video_that_keeps_killing_its_actor_fails_alone_among_videos_batched_with_it(ray_runtime, compact_ckpt,
+                                                                                    tmp_path, capsys):
+    """--videos-per-task 3: one Ray task holds s0, long, s1. The long video kills its actor on each of its
+    --max-retries 1 + 1 tries, so the task never returns: s0 (committed before the first kill) and s1
+    (never started) are run again one per task, s0 handing back its record, and only the long one fails."""
+    mask = write_mask(tmp_path / "mask.png")
+    rows = [("s0", write_video_folder(tmp_path / "s0", 2)), ("long", write_video_folder(tmp_path / "long", 200)),
+            *((f"s{i}", write_video_folder(tmp_path / f"s{i}", 2, seed=i)) for i in range(1, 23))]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"video_id": v, "video_uri": str(p), "annotations_uri": str(mask)}) + "\n"
+                                for v, p in rows))
+    out = tmp_path / "out"
+    result = {}
+    job = threading.Thread(target=lambda: result.setdefault("rc", pseudo_label.main(
+        ["--manifest", str(manifest), "--output", str(out), "--checkpoint", str(compact_ckpt), "--actors", "2",
+         "--videos-per-task", "3", "--max-retries", "1", *FAST])))
+    job.start()
+
+    def attempts(vid):
+        return [json.loads(f.read_text()) for d in (out / "_attempts").glob(f"{vid}-*") for f in d.glob("*.json")]
+
+    killed = set()
+    for n in (1, 2):  # the first try and its one retry
+        marker = wait_for(lambda: [a for a in attempts("long") if a["attempt"] not in killed], timeout=300,
+                          interval=0.02, what=f"try {n} of the long video")[0]
+        os.kill(marker["pid"], signal.SIGKILL)
+        killed.add(marker["attempt"])
+    job.join(timeout=600)
+    assert not job.is_alive() and result["rc"] == 0
+    shorts = {v for v, _ in rows if v != "long"}
+    videos = assert_exactly_once(str(out), shorts)
+    assert videos["long"]["status"] == "failed" and videos["long"]["error_type"] == "WorkerDied"
+    assert len(attempts("long")) == 2
+    assert all(videos[v]["attempts"] == 1 and len(attempts(v)) == 1 for v in shorts)  # none of them redone
+    text = capsys.readouterr().out
+    assert "running them again one per task" in text and "23 ok, 1 failed" in text
+
+
+@slow
 def test_driver_killed_then_resumed(ray_runtime, compact_ckpt, tmp_path, tmp_path_factory, capsys):
     manifest = tiny_corpus(tmp_path / "corpus", n=8, frames=12)
     out = tmp_path / "out"

@@ -182,3 +182,107 @@ def test_davis_root_of_symlinked_sequences(tmp_path):
     assert [t.video_id for t in load_manifest(str(linked))] == ["judo-a", "judo-b"]
     (root / "JPEGImages" / "dangling").symlink_to(tmp_path / "nowhere", target_is_directory=True)
     assert [t.video_id for t in load_manifest(str(root))] == ["judo-a", "judo-b"]  # a dangling link is no sequence
+
+
+# -- manifests at scale: Parquet streamed and checked in batches, slices of a manifest -------------------------
+
+def _parquet(path, rows, row_group_size=None):
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+    return str(path)
+
+
+def test_parquet_is_checked_batch_by_batch_with_rows_numbered_across_batches(tmp_path, monkeypatch):
+    from jobs.label import manifest as m
+
+    monkeypatch.setattr(m, "BATCH_ROWS", 7)  # 50 rows: 8 batches
+    rows = [_row(video_id=f"v{i}", video_uri=f"/v/{i}", annotations_uri=f"/a/{i}.png", start_frame=None)
+            for i in range(50)]  # from_pylist takes the columns from the first row
+    dup = [*rows[:40], {**rows[40], "video_id": "v3"}, *rows[41:]]
+    with pytest.raises(ManifestError, match=r"row 41: duplicate video_id 'v3' \(also row 4\)"):
+        load_manifest(_parquet(tmp_path / "dup.parquet", dup, row_group_size=10))
+    blank = [*rows[:33], {**rows[33], "video_id": " "}, *rows[34:]]
+    with pytest.raises(ManifestError, match=r"row 34: empty video_id"):
+        load_manifest(_parquet(tmp_path / "blank.parquet", blank))
+    bad = [*rows[:22], {**rows[22], "start_frame": -2}, *rows[23:]]
+    with pytest.raises(ManifestError, match=r"row 23: start_frame must be a frame index 0\.\.2147483647, got -2"):
+        load_manifest(_parquet(tmp_path / "bad.parquet", bad))
+    nul = [*rows[:9], {**rows[9], "video_id": "a\x00b"}, *rows[10:]]
+    with pytest.raises(ManifestError, match=r"row 10: video_id contains a NUL"):
+        load_manifest(_parquet(tmp_path / "nul.parquet", nul))
+    assert [t.video_id for t in load_manifest(_parquet(tmp_path / "ok.parquet", rows))] == [f"v{i}" for i in range(50)]
+
+
+def test_parquet_checks_agree_with_the_row_by_row_checks(tmp_path):
+    """The Arrow path (text columns) and the row-by-row one (JSON Lines) give the same tasks."""
+    rows = [_row(video_id="a", video_uri="rel/a.mp4", annotations_uri="  ", start_frame=0, corrections_uri=None),
+            _row(video_id=" b ", video_uri="s3://x/b", annotations_uri="/abs/b.png", start_frame=None,
+                 corrections_uri="fix/b"),
+            _row(video_id="c", video_uri=None, annotations_uri="c.png", start_frame=2**31 - 1, corrections_uri="")]
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from_parquet = load_manifest(_parquet(tmp_path / "m.parquet", rows))
+    assert from_parquet == load_manifest(str(jsonl))
+    assert from_parquet[0] == VideoTask("a", str(tmp_path / "rel/a.mp4"), None, 0)
+    assert from_parquet[1].corrections_uri == str(tmp_path / "fix/b") and from_parquet[2].corrections_uri is None
+
+
+def test_a_large_parquet_manifest_makes_no_python_object_per_row(tmp_path):
+    """10^5 rows are read into Arrow columns: Python's own allocations stay far below one object per row."""
+    import tracemalloc
+
+    from jobs.label.manifest import read_tasks
+
+    n = 100_000
+    table = pa.table({"video_id": [f"vid{i:07d}" for i in range(n)],
+                      "video_uri": [f"/data/clips/c{i:07d}/frames" for i in range(n)],
+                      "annotations_uri": [f"/data/clips/c{i:07d}/mask.png" for i in range(n)]})
+    path = tmp_path / "big.parquet"
+    pq.write_table(table, path, row_group_size=20_000)
+    del table
+    tracemalloc.start()
+    tasks = read_tasks(str(path))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(tasks) == n and tasks.table["video_id"][n - 1].as_py() == "vid0099999"
+    assert peak < 5_000_000, f"{peak / 1e6:.1f} MB of Python objects for {n} rows"  # a dict per row: ~60 MB
+
+
+def test_manifest_shards_are_disjoint_and_cover_it_and_limit_applies_within_one(tmp_path):
+    from jobs.label.inputs import load_tasks
+
+    rows = [_row(video_id=f"v{i:02d}", video_uri=f"/v/{i}", annotations_uri=f"/a/{i}") for i in range(10)]
+    path = _parquet(tmp_path / "m.parquet", rows)
+    storage = st.Storage()
+    every = [t.video_id for t in load_tasks(path, storage)]
+    for n in (1, 3, 4, 10, 11):
+        shards = [[t.video_id for t in load_tasks(path, storage, shard=(i, n))] for i in range(n)]
+        assert sum(shards, []) == every  # in order, each video once
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert [t.video_id for t in load_tasks(path, storage, limit=2, shard=(1, 3))] == ["v03", "v04"]
+    assert [t.video_id for t in load_tasks(path, storage, limit=3)] == ["v00", "v01", "v02"]
+
+
+def test_manifest_shard_option():
+    from jobs import pseudo_label
+    from jobs.label.options import JobOptions, parse_shard
+
+    assert parse_shard("0/4") == (0, 4) and parse_shard(" 3/4 ") == (3, 4)
+    for bad in ("4/4", "-1/4", "1", "a/b", "1/0"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+    args = pseudo_label.build_parser().parse_args(["--manifest-shard", "2/5", "--limit", "7", "--videos-per-task", "3"])
+    o = pseudo_label.options_from_args(args)
+    assert o.manifest_shard == (2, 5) and o.limit == 7 and o.videos_per_task == 3
+    with pytest.raises(ValueError, match="videos-per-task"):
+        JobOptions(videos_per_task=0)
+
+
+def test_tasks_exclude_keeps_manifest_order(tmp_path):
+    from jobs.label.manifest import read_tasks
+
+    rows = [_row(video_id=f"v{i}", video_uri=f"/v/{i}", annotations_uri=f"/a/{i}") for i in range(6)]
+    tasks = read_tasks(_parquet(tmp_path / "m.parquet", rows))
+    left = tasks.exclude(pa.array(["v4", "v1", "nope"]))
+    assert [t.video_id for t in left] == ["v0", "v2", "v3", "v5"]
+    assert len(tasks.exclude(pa.array([], pa.string()))) == 6
+    assert [len(s) for s in tasks.slices(4)] == [4, 2]

@@ -1,14 +1,16 @@
 """The driver: ``run(JobOptions)`` reads the manifest, checks the checkpoint, opens (or resumes)
 the run, runs the actor pool over the videos still to do, prints progress and the summary.
 
-How it runs (the Ray Data offline batch inference pattern, jobs/label/pool.py): the manifest
-becomes a dataset of one row per video, in one block per video; ``map_batches`` with a class
-(jobs/label/worker.py) and ``batch_size=1`` runs it on an actor pool of ``--actors MIN:MAX``
-actors, each holding the model (loaded once) and segmenting the videos it is given one after
-another. Each video's rows are written and committed by the actor that segmented it
-(jobs/label/commit.py); only a one-line summary per video comes back here. An actor that dies
-is restarted and its video retried (``max_restarts``/``max_task_retries``); a restarted driver
-with the same ``--run-id`` skips the committed videos.
+How it runs (the Ray Data offline batch inference pattern, jobs/label/pool.py): the videos to do
+(an Arrow table, jobs/label/manifest.py ``Tasks``) become a dataset of one row per video, in blocks
+of up to ``--videos-per-task`` videos; ``map_batches`` with a class (jobs/label/worker.py) runs it
+on an actor pool of ``--actors MIN:MAX`` actors, each holding the model (loaded once) and
+segmenting the videos it is given one after another. Each video's rows are written and committed
+by the actor that segmented it (jobs/label/commit.py); only a one-line summary per video comes
+back here. An actor that dies is restarted and its task retried (``max_restarts``/
+``max_task_retries``; the retry skips the task's videos already committed); videos whose task got
+no result (their actor kept dying) are run again one per task, so that only the video that kills
+its actor fails; a restarted driver with the same ``--run-id`` skips the committed videos.
 """
 from __future__ import annotations
 
@@ -17,15 +19,18 @@ import json
 import os
 from dataclasses import dataclass, replace
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from .. import storage as st
 from ..errors import EXIT_INCOMPLETE, EXIT_OK, EXIT_VIDEOS_FAILED
-from ..layout import Layout, read_run
+from ..layout import Layout, read_run, read_videos
 from . import inputs, lease
-from .commit import clear_staging, write_failed
-from .manifest import VideoTask
+from .commit import clear_staging, count_attempts, write_failed
+from .manifest import Tasks, VideoTask
 from .options import DEFAULT_OUTPUT_ROOT, JobOptions
 from .progress import Progress
-from .run_record import OutputError, committed, new_run_id, open_run
+from .run_record import OutputError, new_run_id, open_run
 from .worker import WorkerConfig
 
 #: Failures listed after the summary line.
@@ -41,8 +46,8 @@ class Plan:
     layout: Layout
     manifest: str
     worker: WorkerConfig
-    tasks: list[VideoTask]
-    pending: list[VideoTask]
+    tasks: Tasks  # the manifest's videos (an Arrow table; iterating gives VideoTask)
+    pending: Tasks  # those still to do
     rejected: dict = None  # corrections run: {video_id: why its corrections were refused} (failed records)
     unchanged: list = None  # corrections run: videos whose masks came back as they were
 
@@ -89,9 +94,10 @@ def plan(options: JobOptions) -> Plan:
         from . import corrections
 
         fixes = corrections.prepare(options, storage)
-        options, tasks = fixes.options, fixes.tasks
+        options, tasks = fixes.options, Tasks.from_list(fixes.tasks)
     else:
-        tasks = inputs.load_tasks(options.manifest, storage, options.davis_resolution, options.limit)
+        tasks = inputs.load_tasks(options.manifest, storage, options.davis_resolution, options.limit,
+                                  options.manifest_shard)
     model_checksum, settings = check_checkpoint(options, storage)
     layout, run_id = _layout(options, storage)
     lease.claim(layout)  # one driver per output (exit 2 while another holds it); checks the output can be used
@@ -102,13 +108,17 @@ def plan(options: JobOptions) -> Plan:
             "manifest": manifest, **(fixes.record if fixes else {})}
     run_id, resumed = open_run(layout, run_id, info)
     if fixes is not None:
-        tasks = fixes.stage(layout)
+        tasks = Tasks.from_list(fixes.stage(layout))
     elif manifest != options.manifest:  # the sample corpus, read from its copy next to the output
         inputs.copy_sample(layout)
-        tasks = inputs.load_tasks(manifest, storage, options.davis_resolution, options.limit)
-    done = committed(layout, run_id)
+        tasks = inputs.load_tasks(manifest, storage, options.davis_resolution, options.limit,
+                                  options.manifest_shard)
+    records = _records(layout, run_id)  # before the refused corrections' records below, as pending wants
     rejected = {}
     if fixes is not None:  # corrections that cannot be used fail their video only
+        ids = records["video_id"]
+        done = set(ids.filter(pc.is_in(ids, value_set=pa.array(list(fixes.rejected), pa.string()))).to_pylist()
+                   ) if fixes.rejected else set()
         for vid, why in fixes.rejected.items():
             rejected[vid] = why
             if vid not in done:
@@ -116,15 +126,45 @@ def plan(options: JobOptions) -> Plan:
                 write_failed(layout, vid, run_id, why, "CorrectionError", video_uri=v.get("video_uri"),
                              annotations_uri=v.get("annotations_uri"), model_checksum=model_checksum,
                              checkpoint_uri=options.checkpoint, settings=settings)
-    redo = {"failed"} if options.retry_failed else set()
-    pending = [t for t in tasks if t.video_id not in done or done[t.video_id] in redo]
+    if options.retry_failed:
+        records = records.filter(pc.not_equal(records["status"], "failed"))
+    pending = tasks.exclude(records["video_id"])
     worker = WorkerConfig(checkpoint=options.checkpoint, model_checksum=model_checksum, output=layout.uri,
                           shards=layout.shards, run_id=run_id, settings=settings, endpoint_url=storage.endpoint_url,
                           storage_options=storage.options, gpus_per_actor=options.gpus_per_actor,
-                          cpus_per_actor=options.cpus_per_actor, prefetch=options.prefetch,
+                          cpus_per_actor=options.cpus_per_actor,
+                          prefetch=options.prefetch,
                           encode_thread=not options.encode_inline, review_quality=options.review_quality)
     return Plan(run_id, resumed, layout, manifest, worker, tasks, pending, rejected,
                 fixes.unchanged if fixes else [])
+
+
+def _records(layout: Layout, run_id: str) -> pa.Table:
+    """(video_id, status) of the videos this run has a record of (ok or failed): an Arrow table, so a
+    resumed run of 10^6 videos holds no Python object per video."""
+    t = read_videos(layout, ["video_id", "status", "run_id"])
+    return t.filter(pc.fill_null(pc.equal(t["run_id"], run_id), False)).select(["video_id", "status"])
+
+
+class SeenIds:
+    """The ids of the videos whose result came back, as Arrow chunks (not a Python set of 10^6 strings)."""
+
+    CHUNK = 65_536
+
+    def __init__(self):
+        self._chunks: list[pa.Array] = []
+        self._buf: list[str] = []
+        self.count = 0
+
+    def add(self, video_id: str) -> None:
+        self._buf.append(video_id)
+        self.count += 1
+        if len(self._buf) >= self.CHUNK:
+            self._chunks.append(pa.array(self._buf, pa.string()))
+            self._buf = []
+
+    def array(self) -> pa.Array:
+        return pa.concat_arrays(self._chunks + [pa.array(self._buf, pa.string())])
 
 
 def _worker_died(p: Plan, task: VideoTask, options: JobOptions) -> dict:
@@ -144,9 +184,22 @@ def _unrecorded(task: VideoTask, e: Exception) -> dict:
 
 def _run_pool(p: Plan, options: JobOptions, progress: Progress) -> list[str]:
     """Runs the pool over the pending videos; returns those whose outcome could not be recorded."""
-    from .pool import label_videos, live_frames, pool_size, ray_session
+    from .pool import label_videos, live_frames, pool_size, ray_session, videos_per_task
 
     unrecorded = []
+
+    def report(r: dict) -> None:
+        progress.video_done(r)
+        if r.get("committed") is False:  # not even its failure record could be written
+            unrecorded.append(r["video_id"])
+
+    def record(t: VideoTask) -> None:  # no result: its actor died more than --max-retries times
+        try:
+            r = _worker_died(p, t, options)
+        except Exception as e:  # a read-only or full output
+            r = _unrecorded(t, e)
+            unrecorded.append(t.video_id)
+        progress.video_done(r)
 
     with ray_session(options), live_frames() as (live_name, live):
         progress.live = live
@@ -155,22 +208,32 @@ def _run_pool(p: Plan, options: JobOptions, progress: Progress) -> list[str]:
               f"settings {json.dumps(p.worker.settings, sort_keys=True)}", flush=True)
         progress.start()
         try:
-            seen = set()
-            for r in label_videos(p.pending, replace(p.worker, live_actor=live_name), options, lo, hi):
-                seen.add(r["video_id"])
-                progress.video_done(r)
-                if r.get("committed") is False:  # not even its failure record could be written
-                    unrecorded.append(r["video_id"])
-                if lease.current():
-                    lease.current().check()  # taken over by another driver: stop writing
-            for t in p.pending:  # no result: its actor died more than --max-retries times
-                if t.video_id not in seen:
-                    try:
-                        r = _worker_died(p, t, options)
-                    except Exception as e:  # a read-only or full output
-                        r = _unrecorded(t, e)
-                        unrecorded.append(t.video_id)
-                    progress.video_done(r)
+            todo, config = p.pending, replace(p.worker, live_actor=live_name)
+            per_task = videos_per_task(len(todo), hi, options.videos_per_task)
+            while True:
+                seen = SeenIds()
+                for r in label_videos(todo, config, options, lo, hi, per_task):
+                    seen.add(r["video_id"])
+                    report(r)
+                    if lease.current():
+                        lease.current().check()  # taken over by another driver: stop writing
+                missing = todo.exclude(seen.array()) if seen.count < len(todo) else todo.head(0)
+                if not len(missing) or per_task == 1:
+                    break
+                # A task whose actor kept dying took its other videos down with it. The video that killed it
+                # has its tries' attempt records: it has failed. The others run again, one per task.
+                died = {t.video_id for t in missing if count_attempts(p.layout, t.video_id) > options.max_retries}
+                for t in missing:
+                    if t.video_id in died:
+                        record(t)
+                missing = missing.exclude(pa.array(sorted(died), pa.string()))
+                if not len(missing):
+                    break
+                print(f"{len(missing)} video(s) got no result (a video of their task kept killing its actor): "
+                      f"running them again one per task", flush=True)
+                todo, per_task, config = missing, 1, replace(config, skip_committed=True)
+            for t in missing:  # no result: its actor died more than --max-retries times
+                record(t)
         finally:
             progress.stop()  # before Ray goes: the heartbeat asks the LiveFrames actor
     return unrecorded

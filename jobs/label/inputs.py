@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import storage as st
 from ..layout import SAMPLE_COPY, Layout
-from .manifest import ManifestError, VideoTask, load_manifest
+from .manifest import ManifestError, Tasks, read_tasks
 
 SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "sample_corpus"
 #: The tiny corpus the no-argument run uses (see jobs/sample_corpus/README.md).
@@ -47,11 +47,14 @@ def is_sample(manifest: str) -> bool:
 
 
 def load_tasks(manifest: str, storage: st.Storage, davis_resolution: str | None = None,
-               limit: int | None = None) -> list[VideoTask]:
-    """The manifest's videos (the first ``limit``); refuses videos inside a temporary Ray package
-    (the sample corpus excepted: see ``copy_sample``)."""
-    tasks = load_manifest(manifest, storage, davis_resolution=davis_resolution)
-    tasks = tasks if limit is None else tasks[:limit]
+               limit: int | None = None, shard: tuple[int, int] | None = None) -> Tasks:
+    """The manifest's videos: slice ``shard`` = (index, count) of its rows, then the first ``limit``
+    (the whole manifest is checked either way); refuses videos inside a temporary Ray package (the
+    sample corpus excepted: see ``copy_sample``)."""
+    tasks = read_tasks(manifest, storage, davis_resolution=davis_resolution)
+    if shard is not None:
+        tasks = tasks.shard(*shard)
+    tasks = tasks.head(limit)
     root = ray_package_root()
     if root is not None and not is_sample(manifest):
         if inside(manifest, root):

@@ -18,6 +18,17 @@ DEFAULT_OUTPUT_ROOT = "vos_output"
 JOB_OUTPUTS = {"keep_probs": False, "keep_uncertainty": True}
 
 
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'I/N' (0 <= I < N) -> (I, N): slice I of N of the manifest's rows."""
+    try:
+        i, n = (int(v) for v in str(spec).strip().split("/"))
+    except ValueError:
+        raise ValueError(f"expected I/N (slice I of N, 0 <= I < N), got {spec!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"need 0 <= I < N, got {spec!r}")
+    return i, n
+
+
 @dataclass(frozen=True)
 class ActorPool:
     """Actors of the pool: ``min`` start at once; up to ``max`` while videos wait (None: what the cluster fits)."""
@@ -64,6 +75,7 @@ class JobOptions:
     cpus_per_actor: float = 1.0
     max_retries: int = 3
     prefetch: int = 4
+    videos_per_task: int = 8  # videos handed to an actor in one Ray task, at most (fewer for small runs)
     encode_inline: bool = False
     ray_address: str | None = None
     num_cpus: int | None = None
@@ -71,6 +83,7 @@ class JobOptions:
     retry_failed: bool = False
     fail_on_error: bool = False
     limit: int | None = None
+    manifest_shard: tuple[int, int] | None = None  # (index, count): run slice index of count of the manifest's rows
     progress_interval: float = 15.0
     # -- review and corrections
     review_quality: float = 0.5  # frames whose quality is below this are counted (and flagged) for review
@@ -83,7 +96,9 @@ class JobOptions:
                   "gpus_per_actor": 0 <= self.gpus_per_actor < float("inf"),
                   "cpus_per_actor": 0 < self.cpus_per_actor < float("inf"),
                   "num_cpus": self.num_cpus is None or self.num_cpus >= 1,
-                  "limit": self.limit is None or self.limit >= 0, "review_quality": 0.0 <= self.review_quality <= 1.0}
+                  "limit": self.limit is None or self.limit >= 0, "review_quality": 0.0 <= self.review_quality <= 1.0,
+                  "videos_per_task": self.videos_per_task >= 1,
+                  "manifest_shard": self.manifest_shard is None or 0 <= self.manifest_shard[0] < self.manifest_shard[1]}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(", ".join(f"--{k.replace('_', '-')} {getattr(self, k)!r} is out of range" for k in bad))

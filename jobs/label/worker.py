@@ -1,5 +1,6 @@
-"""What runs in a Ray actor: the model, loaded once, and one video in, its rows committed, a
-one-line summary out (``VideoLabeler`` is the Ray Data UDF; ``process_video`` does one video).
+"""What runs in a Ray actor: the model, loaded once, and videos in (a few per call), each one's rows
+committed on its own, a one-line summary per video out (``VideoLabeler`` is the Ray Data UDF;
+``process_video`` does one video).
 
 The actor's constructor gets a ``WorkerConfig`` of plain values only (strings, numbers, the
 segmenter settings as a dict): Ray re-runs the constructor with the same arguments when it
@@ -18,7 +19,7 @@ import numpy as np
 from ..layout import Layout
 from ..storage import Storage
 from .background import InOrderWorker
-from .commit import VideoCommit
+from .commit import VideoCommit, committed_record
 from .manifest import VideoTask
 from .rows import VideoSummary
 
@@ -45,6 +46,7 @@ class WorkerConfig:
     encode_thread: bool = True  # encode results on a thread of their own (False: on the model's thread)
     live_actor: str | None = None  # name of the LiveFrames actor (None: no live progress)
     review_quality: float = 0.5  # frames below this quality are counted for review (videos.frames_below_quality)
+    skip_committed: bool = False  # hand back the record of a video this run committed ok instead of redoing it
 
     def storage(self) -> Storage:
         return Storage(endpoint_url=self.endpoint_url, options=dict(self.storage_options))
@@ -63,14 +65,18 @@ class LiveReport:
                 import ray
                 self._actor = ray.get_actor(actor_name)
         self._last = 0.0
+        self._reported = None  # the video last reported: only it has an entry to remove
 
     def frames(self, video_id: str, frames: int) -> None:
         if self._actor is not None and time.monotonic() - self._last > REPORT_EVERY_S:
             self._last = time.monotonic()
+            self._reported = video_id
             self._actor.report.remote(video_id, frames)
 
     def done(self, video_id: str) -> None:
-        if self._actor is not None:
+        # one actor call per reported video, not per video: short clips are mostly never reported
+        if self._actor is not None and self._reported == video_id:
+            self._reported = None
             with contextlib.suppress(Exception):
                 self._actor.done.remote(video_id)
 
@@ -160,10 +166,26 @@ class VideoLabeler:
         self.segmenter = Segmenter(model, SegmenterConfig.from_dict(config.settings))
         self.live = LiveReport(config.live_actor)
 
-    def __call__(self, batch: dict) -> dict:
+    def _redo_check(self) -> bool:
+        """Whether to look for a video's ``ok`` record first: on a second pass, and in an actor Ray restarted
+        (its task, retried, may hold videos an earlier try committed before the actor died)."""
+        if self.config.skip_committed:
+            return True
+        with contextlib.suppress(Exception):
+            import ray
+            return ray.get_runtime_context().was_current_actor_reconstructed
+        return False
+
+    def __call__(self, batch) -> dict:
+        """``batch``: a pyarrow table of manifest.TASK_SCHEMA rows (a few videos), done one after another."""
+        check = self._redo_check()
         out = []
-        for task_json in batch["task"]:
-            task = VideoTask.from_dict(json.loads(str(task_json)))
-            row = process_video(task, self.segmenter, self.config, self.layout, self.device, self.live)
+        for d in batch.to_pylist():
+            task = VideoTask.from_dict(d)
+            row = committed_record(self.layout, task.video_id, self.config.run_id) if check else None
+            if row is not None:
+                row = {**row, "committed": True}
+            else:
+                row = process_video(task, self.segmenter, self.config, self.layout, self.device, self.live)
             out.append(json.dumps({k: row.get(k) for k in SUMMARY_KEYS}, default=str))
         return {"result": np.array(out, dtype=object)}
