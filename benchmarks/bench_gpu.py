@@ -16,7 +16,10 @@ Sections:
 2. compile: the best B of (1) again with ``torch.compile`` (--compile-mode, CUDA graphs by default);
 3. authors: their eval loop (third_party/afb_urr, if present) on the same GPU, fp32, one video;
 4. memory: GPU memory allocated over --long-frames frames of one stream (official, fp32 and bf16);
-5. peak: FLOPs per frame (torch's FlopCounterMode) x frames/s against the GPU's dense bf16 peak.
+5. peak: FLOPs per frame (torch's FlopCounterMode) x frames/s against the GPU's dense bf16 peak;
+6. job: the whole Ray job (jobs.pseudo_label on a local Ray, synthetic videos written as JPEG folders, the
+   official model, fp32) with --actors / --gpus-per-actor / --streams-per-actor as in --job-configs
+   (default: 1 actor x 1 GPU with 1 and --job-streams streams, 2 actors x 0.5 GPU with 1 and half as many).
 """
 from __future__ import annotations
 
@@ -181,6 +184,70 @@ def memory_over_length(model, device, n: int, h: int, w: int, precision: str, ma
     return out
 
 
+def job_runs(device, model, configs: list[tuple[int, float, int]], videos: int, frames: int, h: int, w: int,
+             workdir: Path) -> list[dict]:
+    """frames/s of the whole job over ``videos`` synthetic videos for each (actors, gpus per actor, streams per
+    actor); a fresh output each, one local Ray for all (its start-up not counted)."""
+    import contextlib
+    import io
+    from contextlib import redirect_stdout
+
+    import ray
+    from PIL import Image
+
+    from jobs import pseudo_label
+    from jobs.layout import Layout, read_videos
+    from jobs.storage import Storage
+    from vos_core.model import save_checkpoint
+
+    ckpt = workdir / "model.pth"
+    save_checkpoint(model.cpu(), ckpt)
+    model.to(device)
+    lines = ["video_id,video_uri,annotations_uri"]
+    for v in range(videos):
+        d = workdir / f"v{v:02d}"
+        (d / "frames").mkdir(parents=True)
+        video, mask = synthetic_video(frames, h, w, seed=v)
+        for t, f in enumerate(video):
+            Image.fromarray(f).save(d / "frames" / f"{t:05d}.jpg", quality=95)
+        Image.fromarray(mask).save(d / "mask.png")
+        lines.append(f"vid{v:02d},{d / 'frames'},{d / 'mask.png'}")
+    (workdir / "manifest.csv").write_text("\n".join(lines) + "\n")
+    # the job's own local Ray (on 127.0.0.1, reaped with this process), started once for every run; on a
+    # loaded machine its start can time out: one more try
+    from jobs.label.options import JobOptions
+    from jobs.label.pool import ray_session
+
+    session = contextlib.ExitStack()
+    for attempt in (1, 2):
+        try:
+            session.enter_context(ray_session(JobOptions()))
+            break
+        except Exception:
+            if attempt == 2 or ray.is_initialized():
+                raise
+    out = []
+    try:
+        for i, (actors, gpus, streams) in enumerate(configs):
+            args = ["--manifest", str(workdir / "manifest.csv"), "--output", str(workdir / f"out{i}"), "--checkpoint",
+                    str(ckpt), "--actors", str(actors), "--gpus-per-actor", str(gpus), "--streams-per-actor",
+                    str(streams), "--size", "0", "--progress-interval", "0"]
+            t0 = time.perf_counter()
+            with redirect_stdout(io.StringIO()):
+                rc = pseudo_label.main(args)
+            wall = time.perf_counter() - t0
+            v = read_videos(Layout(str(workdir / f"out{i}"), Storage()), ["status", "frames"]).to_pylist()
+            n = sum(r["frames"] for r in v if r["status"] == "ok")
+            out.append({"actors": actors, "gpus_per_actor": gpus, "streams_per_actor": streams, "rc": rc,
+                        "videos_ok": sum(r["status"] == "ok" for r in v), "frames": n, "wall_s": wall,
+                        "fps": n / wall})
+            print(f"  job {actors} actor(s) x {gpus:g} GPU x {streams} stream(s): {n / wall:.1f} frames/s "
+                  f"(wall {wall:.1f} s, with actor start-up)", flush=True)
+    finally:
+        session.close()
+    return out
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -203,12 +270,16 @@ def main(argv=None) -> int:
                     help="torch.compile mode for section 2 (default reduce-overhead; off with --quick)")
     ap.add_argument("--budget-s", type=float, default=540.0, help="skip sections once this much time has passed")
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak (default: by GPU name)")
+    ap.add_argument("--job-videos", type=int, default=8, help="videos of section 6")
+    ap.add_argument("--job-streams", type=int, default=8, help="streams per actor of section 6's batched runs")
+    ap.add_argument("--job-configs", default=None, metavar="A:G:S[,...]",
+                    help="section 6's runs as actors:gpus-per-actor:streams-per-actor (default: see above)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     h, w = (64, 112) if a.quick else (480, 854)
     if a.quick:
-        a.streams, a.frames, a.warm, a.long_frames = "1,2", 2, 1, 4
+        a.streams, a.frames, a.warm, a.long_frames, a.job_videos, a.job_streams = "1,2", 2, 1, 4, 2, 2
     a.compile_mode = a.compile_mode or ("off" if a.quick else "reduce-overhead")
     marks = sorted({10, 100, 300, a.long_frames} & set(range(1, a.long_frames + 1))) or [a.long_frames]
     t_start = time.perf_counter()
@@ -291,6 +362,20 @@ def main(argv=None) -> int:
                             "share_of_bf16_peak": achieved / peak if peak else None})
     if res["peak"]:
         print(table(res["peak"], ["model", "gflop_per_frame", "fps", "tflops", "share_of_bf16_peak"]))
+
+    res["job"] = []
+    gpu = 1.0 if device.type == "cuda" else 0.0
+    s = a.job_streams
+    configs = [tuple(float(x) if j == 1 else int(x) for j, x in enumerate(c.split(":"))) for c in a.job_configs.split(",")] \
+        if a.job_configs else ([(1, gpu, 1), (1, gpu, s), (2, gpu / 2, 1), (2, gpu / 2, max(1, s // 2))] if gpu else
+                               [(1, 0.0, 1), (1, 0.0, s)])
+    if left() > 120:
+        with tempfile.TemporaryDirectory() as tmp:
+            res["job"] = job_runs(device, nets["official"], configs, a.job_videos, a.warm + a.frames, h, w, Path(tmp))
+        print(table(res["job"], ["actors", "gpus_per_actor", "streams_per_actor", "videos_ok", "frames", "wall_s",
+                                 "fps"]), flush=True)
+    else:
+        res["skipped"].append("job: out of time")
     print(f"skipped: {res['skipped'] or 'nothing'}; {time.perf_counter() - t_start:.0f} s")
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)

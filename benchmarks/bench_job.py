@@ -8,7 +8,8 @@ decoded in the same thread, nothing written, 1 torch thread (what one 1-CPU acto
 "job": ``jobs.pseudo_label`` in-process on an already started local Ray (Ray start-up is
 measured once, separately): manifest, checkpoint check, actor start-up and model load,
 decode-ahead, segmentation, RLE encoding, Parquet writes and commits. "job, encode inline" is
-the same with ``--encode-inline`` (results encoded on the model's thread, not overlapped). ``overhead`` compares
+the same with ``--encode-inline`` (results encoded on the model's thread, not overlapped); "job, N streams" is
+1 actor with ``--streams-per-actor N`` (``--streams``: N videos at once, their frames batched). ``overhead`` compares
 the job's frames/s with the segmenter's times the number of actors (ideal scaling); on a
 machine with fewer free cores than actors the ideal is not reachable.
 """
@@ -63,7 +64,8 @@ def segmenter_alone(ckpt: str, tasks, size) -> tuple[float, int]:
     return time.perf_counter() - t0, frames
 
 
-def job(ckpt: str, manifest: Path, out: Path, actors: int, size, encode_inline: bool = False) -> tuple[float, int]:
+def job(ckpt: str, manifest: Path, out: Path, actors: int, size, encode_inline: bool = False,
+        streams: int = 1) -> tuple[float, int]:
     import io
     from contextlib import redirect_stdout
 
@@ -73,7 +75,7 @@ def job(ckpt: str, manifest: Path, out: Path, actors: int, size, encode_inline: 
 
     args = ["--manifest", str(manifest), "--output", str(out), "--checkpoint", ckpt, "--actors", str(actors),
             "--progress-interval", "0"] + (["--size", str(size)] if size else []) + \
-        (["--encode-inline"] if encode_inline else [])
+        (["--encode-inline"] if encode_inline else []) + ["--streams-per-actor", str(streams)]
     t0 = time.perf_counter()
     with redirect_stdout(io.StringIO()):
         rc = pseudo_label.main(args)
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
     p.add_argument("--copies", type=int, default=2, help="times the 3 sample videos are listed (default 2)")
     p.add_argument("--size", type=int, default=None, help="working resolution (default: input size, 180)")
     p.add_argument("--actors", default="1,2")
+    p.add_argument("--streams", default="", metavar="N[,N...]",
+                   help="also run 1 actor with --streams-per-actor N for each N > 1 (e.g. 2,4)")
     p.add_argument("--encode-cost", default=None, metavar="HxW[,HxW...]",
                    help="only time the per-frame encoding (VideoCommit.add) of synthetic 1- and 3-object results "
                         "at these sizes, and exit")
@@ -168,6 +172,10 @@ def main(argv=None) -> int:
             s, f, busy = job(ckpt, manifest, tmp / "out_inline", 1, args.size, encode_inline=True)
             assert f == alone_frames
             rows.append(("job, encode inline", 1, len(tasks), f, s, busy))
+    for k in [int(x) for x in args.streams.split(",") if x.strip() and int(x) > 1]:
+        s, f, _ = job(ckpt, manifest, tmp / f"out_streams_{k}", 1, args.size, streams=k)
+        assert f == alone_frames
+        rows.append((f"job, {k} streams", 1, len(tasks), f, s, None))  # videos overlap: no busy time per video
     ray.shutdown()
 
     alone_fps = alone_frames / alone_s
@@ -179,7 +187,7 @@ def main(argv=None) -> int:
     for mode, n, v, f, s, busy in rows:
         rel = f / s / (alone_fps * n)
         print(f"| {mode} | {n} | {v} | {f} | {s:.1f} | {v / s:.2f} | {f / s:.1f} | "
-              f"{'-' if not mode.startswith('job') else f'{rel:.0%}'} | {f / busy:.1f} |")
+              f"{'-' if not mode.startswith('job') else f'{rel:.0%}'} | {f'{f / busy:.1f}' if busy else '-'} |")
     return 0
 
 

@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="GPUs per actor (0: CPU; 0.5: two per GPU)")
     ray_.add_argument("--cpus-per-actor", type=float, default=D.cpus_per_actor,
                       help="CPUs per actor (also torch threads on CPU)")
+    ray_.add_argument("--streams-per-actor", type=int, default=D.streams_per_actor,
+                      help="videos an actor segments at once, their frames batched through one model (each with "
+                           "its own memory; a video that ends is replaced by the next at once): for GPUs, with "
+                           "--gpus-per-actor (fractions put several actors on a GPU)")
     ray_.add_argument("--max-retries", type=int, default=D.max_retries,
                       help="restarts of a dead actor and retries of its video")
     ray_.add_argument("--prefetch", type=int, default=D.prefetch,
@@ -116,7 +120,8 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         manifest=args.manifest, output=args.output, checkpoint=args.checkpoint, run_id=args.run_id,
         davis_resolution=args.davis_resolution, endpoint_url=args.endpoint_url, storage_options=storage_options,
         shards=args.shards, segmenter=segmenter_options.from_args(args, **JOB_OUTPUTS), actors=args.actors,
-        gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, max_retries=args.max_retries,
+        gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+        streams_per_actor=args.streams_per_actor, max_retries=args.max_retries,
         prefetch=args.prefetch, videos_per_task=args.videos_per_task, encode_inline=args.encode_inline,
         ray_address=args.ray_address,
         num_cpus=args.num_cpus, retry_failed=args.retry_failed, fail_on_error=args.fail_on_error, limit=args.limit,

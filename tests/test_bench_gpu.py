@@ -21,3 +21,6 @@ def test_gpu_benchmark_script_runs_on_cpu(tmp_path):
     assert set(res["memory"]) == {"fp32", "bf16"} and res["memory"]["fp32"]["4"]["bank"] > 0
     assert res["peak"] and all(r["gflop_per_frame"] > 0 for r in res["peak"])
     assert "| model | precision | streams | fps |" in p.stdout
+    # the whole job with 1 and 2 streams per actor: every video ok, every frame labelled
+    assert [(r["streams_per_actor"], r["rc"], r["videos_ok"], r["frames"]) for r in res["job"]] == [(1, 0, 2, 6),
+                                                                                                  (2, 0, 2, 6)]

@@ -105,7 +105,7 @@ def plan(options: JobOptions) -> Plan:
     if fixes is None and inputs.needs_sample_copy(manifest):
         manifest = layout.url(inputs.SAMPLE_COPY, "manifest.csv")
     info = {"model_checksum": model_checksum, "settings": settings, "checkpoint_uri": options.checkpoint,
-            "manifest": manifest, **(fixes.record if fixes else {})}
+            "manifest": manifest, "streams_per_actor": options.streams_per_actor, **(fixes.record if fixes else {})}
     run_id, resumed = open_run(layout, run_id, info)
     if fixes is not None:
         tasks = Tasks.from_list(fixes.stage(layout))
@@ -132,7 +132,7 @@ def plan(options: JobOptions) -> Plan:
     worker = WorkerConfig(checkpoint=options.checkpoint, model_checksum=model_checksum, output=layout.uri,
                           shards=layout.shards, run_id=run_id, settings=settings, endpoint_url=storage.endpoint_url,
                           storage_options=storage.options, gpus_per_actor=options.gpus_per_actor,
-                          cpus_per_actor=options.cpus_per_actor,
+                          cpus_per_actor=options.cpus_per_actor, streams_per_actor=options.streams_per_actor,
                           prefetch=options.prefetch,
                           encode_thread=not options.encode_inline, review_quality=options.review_quality)
     return Plan(run_id, resumed, layout, manifest, worker, tasks, pending, rejected,
@@ -204,7 +204,8 @@ def _run_pool(p: Plan, options: JobOptions, progress: Progress) -> list[str]:
     with ray_session(options), live_frames() as (live_name, live):
         progress.live = live
         lo, hi = pool_size(options, len(p.pending))
-        print(f"actors: {lo}..{hi} x ({options.cpus_per_actor:g} CPU, {options.gpus_per_actor:g} GPU), "
+        print(f"actors: {lo}..{hi} x ({options.cpus_per_actor:g} CPU, {options.gpus_per_actor:g} GPU, "
+              f"{options.streams_per_actor} video(s) at once), "
               f"settings {json.dumps(p.worker.settings, sort_keys=True)}", flush=True)
         progress.start()
         try:

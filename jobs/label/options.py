@@ -73,6 +73,7 @@ class JobOptions:
     actors: ActorPool = ActorPool()
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
+    streams_per_actor: int = 1  # videos stepped together in one actor (jobs/label/streams.py)
     max_retries: int = 3
     prefetch: int = 4
     videos_per_task: int = 8  # videos handed to an actor in one Ray task, at most (fewer for small runs)
@@ -99,6 +100,8 @@ class JobOptions:
                   "limit": self.limit is None or self.limit >= 0, "review_quality": 0.0 <= self.review_quality <= 1.0,
                   "videos_per_task": self.videos_per_task >= 1,
                   "manifest_shard": self.manifest_shard is None or 0 <= self.manifest_shard[0] < self.manifest_shard[1]}
+        checks["streams_per_actor"] = (not isinstance(self.streams_per_actor, bool)
+                                       and isinstance(self.streams_per_actor, int) and self.streams_per_actor >= 1)
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(", ".join(f"--{k.replace('_', '-')} {getattr(self, k)!r} is out of range" for k in bad))

@@ -10,7 +10,7 @@ import warnings
 from typing import Iterator
 
 from ..errors import BadInput
-from . import reaper
+from . import reaper, streams
 from .manifest import Tasks
 from .options import JobOptions
 from .progress import LiveFrames
@@ -164,7 +164,7 @@ def build_dataset(tasks: Tasks, config: WorkerConfig, lo: int, hi: int, options:
             fn_constructor_args=(config,),
             batch_size=per_task,
             batch_format="pyarrow",
-            compute=ActorPoolStrategy(min_size=lo, max_size=hi, max_tasks_in_flight_per_actor=1),
+            compute=ActorPoolStrategy(min_size=lo, max_size=hi, **streams.pool_args(options.streams_per_actor)),
             num_cpus=options.cpus_per_actor,
             num_gpus=options.gpus_per_actor or None,
             max_restarts=options.max_retries,

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..layout import Layout
 from ..storage import Storage
+from . import streams
 from .background import InOrderWorker
 from .commit import VideoCommit, committed_record
 from .manifest import VideoTask
@@ -42,6 +43,7 @@ class WorkerConfig:
     storage_options: dict = field(default_factory=dict)
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
+    streams_per_actor: int = 1  # videos stepped together through one model (jobs/label/streams.py)
     prefetch: int = 4
     encode_thread: bool = True  # encode results on a thread of their own (False: on the model's thread)
     live_actor: str | None = None  # name of the LiveFrames actor (None: no live progress)
@@ -163,7 +165,8 @@ class VideoLabeler:
         self.layout = config.layout()
         model = load_model(config.checkpoint, device=self.device,
                            storage_options=config.storage().options_for(config.checkpoint))
-        self.segmenter = Segmenter(model, SegmenterConfig.from_dict(config.settings))
+        self.segmenter = streams.segmenter_for(Segmenter(model, SegmenterConfig.from_dict(config.settings)),
+                                               config.streams_per_actor)
         self.live = LiveReport(config.live_actor)
 
     def _redo_check(self) -> bool:

@@ -35,14 +35,25 @@ class StreamBatcher:
         self.rounds = 0
         self.batched_frames = 0
 
-    def run(self, frames: Iterable, annotations: Mapping, corrections: Mapping | None = None) -> Iterator:
-        """One video, as ``Segmenter.run`` (the semi-supervised protocol, corrections), through the batcher."""
+    @property
+    def quality_calibrated(self) -> bool:
+        return self.segmenter.quality_calibrated
+
+    def start(self):
+        """A new video's session (as ``Segmenter.start``), to pass to :meth:`run`."""
+        return self.segmenter.start()
+
+    def run(self, frames: Iterable, annotations: Mapping, corrections: Mapping | None = None,
+            session=None) -> Iterator:
+        """One video, as ``Segmenter.run`` (the semi-supervised protocol, corrections; ``session``: a fresh
+        one from :meth:`start` to run in), through the batcher."""
         if not annotations:
             raise AnnotationError("no annotation given: at least the first frame's mask is needed")
         corrections = corrections or {}
         first = min(annotations.keys())
         describe = getattr(annotations, "source", None)
-        session = self.segmenter.start()
+        describe_c = getattr(corrections, "source", None)
+        session = session or self.segmenter.start()
         with self._cv:
             self._active += 1
         try:
@@ -52,7 +63,8 @@ class StreamBatcher:
                 ann = annotations[t] if t in annotations else None
                 fix = corrections[t] if t in corrections else None
                 req = StepRequest(session, frame, ann, t, fix,
-                                  describe(t) if (describe and ann is not None) else None)
+                                  describe(t) if (describe and ann is not None) else None,
+                                  describe_c(t) if (describe_c and fix is not None) else None)
                 result = self._step(req)
                 if isinstance(result, BaseException):
                     raise result
