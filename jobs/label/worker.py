@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,8 +175,10 @@ class VideoLabeler:
         (its task, retried, may hold videos an earlier try committed before the actor died)."""
         if self.config.skip_committed:
             return True
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), warnings.catch_warnings():
             import ray
+            # Ray 2.60's property reads its own deprecated ``actor_id`` and warns on every call: not ours to fix
+            warnings.simplefilter("ignore", DeprecationWarning)
             return ray.get_runtime_context().was_current_actor_reconstructed
         return False
 
