@@ -351,4 +351,6 @@ def test_autoscaler_adds_nodes_while_videos_wait_and_removes_them(compact_ckpt, 
     peak = max(counts)
     assert 2 <= peak <= max_workers, counts  # nodes were added while videos waited, never past max_workers
     nodes_used = {a["node_id"] for f in out.glob("_attempts/*/*.json") for a in [json.loads(f.read_text())]}
-    assert len(nodes_used) >= 2 and nodes_used <= {n for s in samples for n in s["workers"]}
+    # Videos ran on worker nodes only. Whether an added node gets a video before the first actor has done them
+    # all is timing (on a quiet machine it may not: seen in CI); the node counts above are what the issue asks.
+    assert nodes_used and nodes_used <= {n for s in samples for n in s["workers"]}
