@@ -166,12 +166,19 @@ def profile(manifest: str, k: int, rounds: int) -> dict:
     timed = TimedSegmenter(seg, timers)
     timers.wrap(seg, "start", PARTS[5])
     bare(seg, tasks[:5])  # warm-up
+    # and of process_video: its first call imports Ray (the attempt record's node id) and the writers, which
+    # an actor has done before its first video; counted, it added ~8 ms per video to the attempt record
+    warm = tempfile.mkdtemp(prefix="bench_many_warm_")
+    from vos_core.model import SHIPPED_CHECKPOINT
+
+    wcfg = WorkerConfig(checkpoint=SHIPPED_CHECKPOINT, model_checksum=checksum, output=warm, shards=16,
+                        run_id="warm", settings=settings)
+    for t in tasks[:3]:
+        process_video(t, seg, wcfg, Layout(warm, wcfg.storage(), shards=16))
     bare_ms, job_ms, parts = [], [], defaultdict(list)
     for r in range(rounds):
         bare_ms.append(1000 * bare(seg, tasks) / k)
         out = tempfile.mkdtemp(prefix="bench_many_")
-        from vos_core.model import SHIPPED_CHECKPOINT
-
         cfg = WorkerConfig(checkpoint=SHIPPED_CHECKPOINT, model_checksum=checksum, output=out, shards=16,
                            run_id="bench", settings=settings)
         layout = Layout(out, cfg.storage(), shards=16)
@@ -228,7 +235,8 @@ import sys, resource
 from jobs import pseudo_label
 rc = pseudo_label.main(sys.argv[1:])
 hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
-print('VMHWM_KB', hwm, 'RC', rc, flush=True)
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print('VMHWM_KB', hwm, 'RC', rc, 'CPU_S', ru.ru_utime + ru.ru_stime, flush=True)
 """
 
 
@@ -245,7 +253,9 @@ def rss(code: Path, manifest: str, n: int, actors: int, extra: list[str]) -> dic
     if p.returncode != 0 or not line:
         raise RuntimeError(f"driver failed ({p.returncode}): {p.stdout[-2000:]} {p.stderr[-2000:]}")
     summary = [ln for ln in p.stdout.splitlines() if ln.startswith("run ")]
-    return {"rss_mb": int(line[0].split()[1]) / 1024, "wall": wall, "videos_s": n / wall,
+    fields = line[0].split()
+    return {"rss_mb": int(fields[1]) / 1024, "wall": wall, "videos_s": n / wall,
+            "driver_cpu_ms": 1000 * float(fields[fields.index("CPU_S") + 1]) / n if "CPU_S" in fields else float("nan"),
             "summary": summary[-1] if summary else ""}
 
 
@@ -352,10 +362,12 @@ def main(argv=None) -> int:
         figures["rss"] = [{"videos": n, **r} for n, r in rows]
         print(f"\n(3) the driver as its own process (python -m jobs.pseudo_label, its own local Ray, "
               f"{args.rss_actors} actors)")
-        print("| videos | driver peak RSS MB | wall s | videos/s (wall, start-up included) |")
-        print("| --- | --- | --- | --- |")
+        print("| videos | driver peak RSS MB | wall s | videos/s (wall, start-up included) "
+              "| driver process CPU ms per video (start-up included) |")
+        print("| --- | --- | --- | --- | --- |")
         for n, r in rows:
-            print(f"| {n} | {r['rss_mb']:.0f} | {r['wall']:.1f} | {r['videos_s']:.2f} |", flush=True)
+            print(f"| {n} | {r['rss_mb']:.0f} | {r['wall']:.1f} | {r['videos_s']:.2f} | {r['driver_cpu_ms']:.1f} |",
+                  flush=True)
         for n, r in rows:
             print(f"  {n}: {r['summary']}")
     if args.driver_memory:

@@ -260,3 +260,16 @@ def test_editing_a_result_does_not_change_what_is_memorised(model):
         edited.append(r.probs.copy())
         r.probs[:] = 0.0  # a caller scribbling on its result
     assert all(np.array_equal(a.probs, b) for a, b in zip(clean, edited))
+
+
+def test_the_working_size_scales_down_only():
+    """--size is the largest shorter side the model runs at: larger inputs are scaled down to it, smaller ones
+    run at their own size (upscaling would add compute and no detail), None keeps the input size."""
+    from vos_core.inference.preprocess import working_size
+
+    assert working_size(960, 1280, 480) == (480, 640)
+    assert working_size(1280, 960, 480) == (640, 480)
+    assert working_size(180, 320, 480) == (180, 320)
+    assert working_size(480, 854, 480) == (480, 854)
+    assert working_size(481, 854, 480) == (480, 852)
+    assert working_size(180, 320, None) == (180, 320)

@@ -109,7 +109,7 @@ def test_shipped_weights_segment_val_sequence():
     ck = torch.load(SHIPPED, map_location="cpu", weights_only=True)
     assert all(v.dtype == torch.float16 for v in ck["model"].values() if v.is_floating_point())
     model = load_model(SHIPPED)  # strict
-    assert model.config.trunk == "efficientnet_lite0" and model.working_size == 240
+    assert model.config.trunk == "efficientnet_lite0" and model.working_size == 480
     assert model.quality_model is not None  # calibrated (vos calibrate on held-out train sequences)
 
     torch.set_num_threads(2)
@@ -117,13 +117,14 @@ def test_shipped_weights_segment_val_sequence():
     jpgs = sorted((root / "JPEGImages" / seq).glob("*.jpg"))[:15]
     frames = [read_rgb(str(p)) for p in jpgs]
     gts = [read_ids(str(root / "Annotations" / seq / (p.stem + ".png"))) for p in jpgs]
-    seg = Segmenter(model, keep_probs=False)  # the checkpoint's working size (240)
+    seg = Segmenter(model, keep_probs=False)  # the checkpoint's working size (480: these frames' own)
     js = [db_eval_iou(gts[r.index] > 0, r.mask > 0) for r in seg.run(frames, {0: gts[0]}) if r.index > 0]
     assert len(js) == 14
-    # Measured 0.837 with the EfficientNet-Lite0 weights (frames 1-14 of car-shadow at their working size 240,
-    # 2026-12-01; the earlier ResNet-18 weights from scratch: 0.725); a model that has not learnt to track
-    # scores near 0. The floor guards against regressions (weights, loading, segmenter), not a tuned number.
+    # Measured 0.902 (min 0.870) with the EfficientNet-Lite0 weights of the second round at their working size
+    # 480, 2026-12-02 (0.837 with the first round's at 240; the ResNet-18 weights from scratch: 0.725); a model
+    # that has not learnt to track scores near 0. The floor guards against regressions (weights, loading,
+    # segmenter), not a tuned number.
     assert np.mean(js) > J_FLOOR, js
 
 
-J_FLOOR = 0.75
+J_FLOOR = 0.85

@@ -25,8 +25,9 @@ class SegmenterConfig:
     #: weight of a merged new feature in the moving average
     update_rate: float = 0.1
     # -- input --
-    #: working resolution, shorter side in pixels; None: the checkpoint's working size (the input size when
-    #: it records none); 0: the input size. Results always come back at the input size.
+    #: working resolution: the largest shorter side in pixels the model runs at (a larger input is scaled
+    #: down to it, a smaller one runs at its own size); None: the checkpoint's working size (the input size
+    #: when it records none); 0: the input size. Results always come back at the input size.
     size: int | None = None
     #: resize an annotation whose size differs from its frame (nearest) instead of refusing it
     resize_annotations: bool = False
@@ -91,8 +92,10 @@ def add_arguments(parser, *, runtime: bool = True) -> None:
     """The Segmenter's command-line options (an argparse parser or group), defaults from SegmenterConfig."""
     d = DEFAULTS
     parser.add_argument("--size", type=int, default=d.size,
-                        help="working resolution: shorter side in pixels (default: the checkpoint's working size, "
-                             "else the input size; 0: the input size); outputs are always at the input size")
+                        help="working resolution: the largest shorter side in pixels the model runs at; a larger "
+                             "input is scaled down to it, a smaller one runs at its own size (default: the "
+                             "checkpoint's working size, else the input size; 0: the input size); outputs are "
+                             "always at the input size")
     parser.add_argument("--budget", type=int, default=d.budget,
                         help=f"feature-bank budget: features over all objects, budget // K each, background "
                              f"included (default {d.budget})")

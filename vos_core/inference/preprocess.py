@@ -25,8 +25,9 @@ def unpad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
 
 
 def working_size(h: int, w: int, short_side: int | None) -> tuple[int, int]:
-    """(h, w) scaled so the shorter side is ``short_side`` (None: unchanged)."""
-    if not short_side or min(h, w) == short_side:
+    """(h, w) scaled down so the shorter side is at most ``short_side`` (None: unchanged). A smaller input
+    keeps its size: upscaling adds no detail, only compute (Cutie's ``max_internal_size`` does the same)."""
+    if not short_side or min(h, w) <= short_side:
         return h, w
     s = short_side / min(h, w)
     return max(1, round(h * s)), max(1, round(w * s))
