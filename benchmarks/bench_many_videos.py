@@ -168,20 +168,20 @@ def profile(manifest: str, k: int, rounds: int) -> dict:
     bare(seg, tasks[:5])  # warm-up
     # and of process_video: its first call imports Ray (the attempt record's node id) and the writers, which
     # an actor has done before its first video; counted, it added ~8 ms per video to the attempt record
-    warm = tempfile.mkdtemp(prefix="bench_many_warm_")
     from vos_core.model import SHIPPED_CHECKPOINT
 
-    wcfg = WorkerConfig(checkpoint=SHIPPED_CHECKPOINT, model_checksum=checksum, output=warm, shards=16,
-                        run_id="warm", settings=settings)
+    def worker(prefix: str, run_id: str):
+        cfg = WorkerConfig(checkpoint=SHIPPED_CHECKPOINT, model_checksum=checksum,
+                           output=tempfile.mkdtemp(prefix=prefix), shards=16, run_id=run_id, settings=settings)
+        return cfg, Layout(cfg.output, cfg.storage(), shards=16)
+
+    wcfg, wlayout = worker("bench_many_warm_", "warm")
     for t in tasks[:3]:
-        process_video(t, seg, wcfg, Layout(warm, wcfg.storage(), shards=16))
+        process_video(t, seg, wcfg, wlayout)
     bare_ms, job_ms, parts = [], [], defaultdict(list)
     for r in range(rounds):
         bare_ms.append(1000 * bare(seg, tasks) / k)
-        out = tempfile.mkdtemp(prefix="bench_many_")
-        cfg = WorkerConfig(checkpoint=SHIPPED_CHECKPOINT, model_checksum=checksum, output=out, shards=16,
-                           run_id="bench", settings=settings)
-        layout = Layout(out, cfg.storage(), shards=16)
+        cfg, layout = worker("bench_many_", "bench")
         timers.s.clear()
         t0 = time.perf_counter()
         for t in tasks:
@@ -255,7 +255,7 @@ def rss(code: Path, manifest: str, n: int, actors: int, extra: list[str]) -> dic
     summary = [ln for ln in p.stdout.splitlines() if ln.startswith("run ")]
     fields = line[0].split()
     return {"rss_mb": int(fields[1]) / 1024, "wall": wall, "videos_s": n / wall,
-            "driver_cpu_ms": 1000 * float(fields[fields.index("CPU_S") + 1]) / n if "CPU_S" in fields else float("nan"),
+            "driver_cpu_ms": 1000 * float(fields[fields.index("CPU_S") + 1]) / n,
             "summary": summary[-1] if summary else ""}
 
 
