@@ -139,8 +139,8 @@ COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
         ("model_checksum", pa.string(), "`sha256:<hex>` of the checkpoint file's bytes."),
         ("checkpoint_uri", pa.string(), "The `--checkpoint` URI."),
         ("settings", pa.string(), "JSON object of every segmentation setting (the fields of "
-         "`vos_core.SegmenterConfig`: `size`, the working size used with these weights, 0 = the input size; "
-         "`budget`, `merge_thres`, `update_rate`, `u_threshold`, `resize_annotations`, `precision` ...); query with "
+         "`vos_core.SegmenterConfig`: `size`, the largest shorter side the model ran at with these weights "
+         "(smaller inputs ran at their own size), 0 = the input size; `budget`, `merge_thres`, `update_rate`, `u_threshold`, `resize_annotations`, `precision` ...); query with "
          "`json_extract`."),
         ("schema_version", pa.int32(), f"Version of this output schema ({SCHEMA_VERSION})."),
         _RUN_ID,

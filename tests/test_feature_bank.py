@@ -236,3 +236,57 @@ def test_bucket_lengths_are_few_and_pad_by_at_most_a_quarter():
     assert all(n <= bucket_length(n) <= max(1024, 1.25 * n) for n in (1, 1023, 1024, 1025, 1537, 4097, 299_999))
     with pytest.raises(ValueError, match="products"):
         FeatureBank(4, 4, products="blas")
+
+
+def test_drop_subnormal_zeroes_only_weights_below_the_smallest_normal_float():
+    from vos_core.model.memory_read import drop_subnormal_
+
+    tiny = torch.finfo(torch.float32).tiny
+    w = torch.tensor([1e-39, 1e-45, 0.0, tiny, 2 * tiny, 1e-20, 0.5])
+    assert w[:2].ne(0).all() and (w[:2] < tiny).all()  # really subnormal before
+    got = drop_subnormal_(w.clone())
+    assert torch.equal(got, torch.tensor([0.0, 0.0, 0.0, 0.0, 2 * tiny, 1e-20, 0.5]))
+
+
+@pytest.mark.parametrize("products", ["mm", "onednn"])
+def test_a_read_whose_weights_underflow_holds_no_subnormals_and_matches_float64(monkeypatch, products):
+    """Keys far apart in similarity (scaled x30) put a fifth of the float32 softmax weights under 1.2e-38
+    (subnormal, not yet zero): the read feeds no
+    subnormal weight to the value product (x86 runs those through a slow path, 35x slower at 480p), and the
+    readout is still the definition's, computed in float64."""
+    import vos_core.inference.feature_bank as fb
+    from vos_core.model import memory_read
+
+    if products == "onednn" and not memory_read.onednn_available():
+        pytest.skip("oneDNN is not available in this torch build")
+    torch.manual_seed(3)
+    d, v, n, hw = 32, 16, 2000, 90
+    keys, values, q = torch.randn(d, n) * 30, torch.randn(v, n), torch.randn(d, hw)
+    attn32 = torch.softmax(q.t() @ keys / math.sqrt(d), dim=-1)
+    assert ((attn32 > 0) & (attn32 < torch.finfo(torch.float32).tiny)).float().mean() > 0.15  # the regime
+    attn64 = torch.softmax(keys.double().t() @ q.double() / math.sqrt(d), dim=0)
+    want = (values.double() @ attn64).float()
+    seen = []
+    real = fb.read_values if products == "mm" else fb.onednn_linear
+
+    def spy(attn, *rest):
+        if attn.shape[-1] >= n:  # the value product (the similarity product's operand is the query)
+            seen.append(bool(((attn > 0) & (attn < torch.finfo(attn.dtype).tiny)).any()))
+        return real(attn, *rest)
+
+    monkeypatch.setattr(fb, "read_values" if products == "mm" else "onednn_linear", spy)
+
+    def read():
+        bank = fb.FeatureBank(d, v, budget=10 * n, products=products)
+        bank.add_objects(keys[None], values[None], frame_idx=0)
+        with torch.inference_mode():
+            return bank.read(q)[0]
+
+    got = read()
+    assert seen and not any(seen)
+    monkeypatch.setattr(fb, "drop_subnormal_", lambda attn: attn)
+    kept = read()  # the subnormal weights left in
+    assert any(seen)  # the spy sees them now: it can fail
+    assert (got - kept).abs().max() <= 1e-6  # what they added is far below rounding
+    # float32 rounding of logits near 100 (x30 keys) is ~1e-5 of a weight
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()

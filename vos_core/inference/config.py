@@ -37,7 +37,8 @@ class SegmenterConfig:
     #: U above which a pixel counts as uncertain (frame statistic u_frac_uncertain)
     u_threshold: float = 0.5
     # -- runtime --
-    #: network precision: fp32 (exact), or bf16/fp16 autocast (the bank's products too)
+    #: network precision: fp32 (exact), or bf16/fp16 autocast of the convolutions (the bank, its products,
+    #: the decoder's heads and the URR arithmetic stay fp32)
     precision: str = "fp32"
     channels_last: bool = True  # NHWC convolutions (faster with oneDNN and cuDNN, same results)
     fold_bn: bool = True  # run a copy of the model with batch norm folded into the convolutions

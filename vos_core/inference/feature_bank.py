@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..model.memory_read import attend, bucket_length, onednn_available, onednn_linear, query_rows, read_values
+from ..model.memory_read import attend, bucket_length, drop_subnormal_, onednn_available, onednn_linear, query_rows, read_values
 from .config import DEFAULTS, SegmenterConfig
 
 READ_THRESHOLD = 1e-3  # attention weight above which a read counts as a use
@@ -302,7 +302,7 @@ class FeatureBank:
             used = torch.zeros(mem.n, device=query_key.device, dtype=torch.int32) if count_usage else None
             step = max(1, _READ_BLOCK // mem.n)
             for s in range(0, hw, step):
-                attn = attend(rows[s: s + step], keys)  # block×N
+                attn = drop_subnormal_(attend(rows[s: s + step], keys))  # block×N
                 out[i, :, s: s + step] = read_values(attn, values)
                 if count_usage:
                     used += attn.gt(READ_THRESHOLD).sum(dim=0, dtype=torch.int32)
@@ -332,7 +332,7 @@ class FeatureBank:
             padded = min(step, bucket_length(m, floor=_ROW_BUCKET))
             if padded > m:
                 block = F.pad(block, (0, 0, 0, padded - m))
-            attn = torch.softmax(onednn_linear(block, keys, bias), dim=-1)  # padded×width
+            attn = drop_subnormal_(torch.softmax(onednn_linear(block, keys, bias), dim=-1))  # padded×width
             out[:, s: s + m] = onednn_linear(attn, values)[:m].t()
             if count_usage:
                 used += attn[:m, :n].gt(READ_THRESHOLD).sum(dim=0, dtype=torch.int32)

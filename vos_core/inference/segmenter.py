@@ -47,8 +47,9 @@ class Segmenter:
 
         With ``fold_bn`` the model runs as a copy with batch norm folded into the convolutions (same
         function, float rounding aside; the model passed in is left as it is; skipped for a model in
-        training mode). Under bf16/fp16 autocast the bank is stored in fp32 but its products, the read and
-        the merge search, run in the low precision too, which is most of the speed-up with a large bank."""
+        training mode). Under bf16/fp16 autocast only the network's convolutions run in the low precision: the
+        bank (stored in fp32), its products (the read and the merge search), the decoder's heads and the
+        URR arithmetic stay fp32, where the low precision cost accuracy (BENCHMARKS.md, "bf16 on the CPU")."""
         config = (config or SegmenterConfig()).replace(**settings) if settings else (config or SegmenterConfig())
         self.config = config
         self.working_size = config.working_size_for(model)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AnnotationError, VOSInputError
-from ..model.decoder import uncertainty_map
+from ..model.decoder import full_precision, uncertainty_map
 from ..model.network import soft_aggregate
 from .preprocess import annotation_at, check_frame, frame_tensor, pad_to_multiple, unpad, working_size
 from .quality import MaskShape, ObjectTrack, object_signals
@@ -307,15 +307,20 @@ def step_many(requests: list[StepRequest]) -> list:
             ps = [r.session._pending for r in group]
             masks = torch.stack([pad_to_multiple(p.probs)[0] for p in ps])
             keys, values = model.encode_memory(torch.cat([p.x for p in ps]), masks)
-            for j, r in enumerate(group):
-                r.session._absorb(ps[j], keys[j], values[j])
-                r.session._pending = None
+            with full_precision(keys):  # the merge search's similarities in float32 (see below)
+                for j, r in enumerate(group):
+                    r.session._absorb(ps[j], keys[j], values[j])
+                    r.session._pending = None
         # 2. query-encode the new frames, read each stream's memory, decode
         fgs: dict[int, torch.Tensor] = {}
         queried = [(i, r) for i, r in live if not r.first]
         for group in _groups(queried, lambda ir: tuple(ir[1].x.shape)):
             q = model.encode_query(torch.cat([r.x for _, r in group]))
-            reads = [r.session.memory.read(q.key[j].float()) for j, (_, r) in enumerate(group)]
+            # The bank's products stay float32 under autocast: its similarities are logits of a softmax over
+            # thousands of entries (bf16's 3 digits would move every weight by ~10%), and the merge search
+            # compares cosines against 0.95.
+            with full_precision(q.key):
+                reads = [r.session.memory.read(q.key[j].float()) for j, (_, r) in enumerate(group)]
             rows = list(range(len(group)))
             for sub in _groups(rows, lambda j: reads[j].shape[0]):
                 fg = model.decode(torch.stack([reads[j] for j in sub]), q.take(sub))

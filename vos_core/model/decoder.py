@@ -18,6 +18,16 @@ def uncertainty_map(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.exp(1 - top1 / (top2 + 1e-8)).unsqueeze(dim)
 
 
+def full_precision(like: torch.Tensor):
+    """Autocast off on ``like``'s device type for the block it guards; its inputs go through :func:`upcast`."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 -> float32; float32 and float64 as they are (fp32 and float64 runs are unchanged)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 class ResBlock(nn.Module):
     def __init__(self, indim: int, outdim: int | None = None, stride: int = 1):
         super().__init__()
@@ -76,29 +86,34 @@ class Decoder(nn.Module):
         p = self.ResMM(self.convFM(readout))
         p = self.RF3(r3, p)
         p = self.RF2(r2, p)
-        p = self.pred2(F.relu(p))  # 1/4, 2 ch logits
-        p = F.interpolate(p, scale_factor=2, mode="bilinear", align_corners=False)  # 1/2
+        # The heads and the URR arithmetic run in float32 under a bf16/fp16 autocast: bf16's 8-bit mantissa
+        # quantises the logits and the probabilities near 0 and 1, U = exp(1 - top1/top2) where top1 ~ top2,
+        # and the weighted local mean; with the shipped weights that cost 0.12 J&F on car-shadow, while the
+        # 256-channel convolutions above (most of the decoder's cost) lose nothing measurable in bf16.
+        with full_precision(p):
+            p = self.pred2(upcast(F.relu(p)))  # 1/4, 2 ch logits
+            p = F.interpolate(p, scale_factor=2, mode="bilinear", align_corners=False)  # 1/2
 
-        bk, _, h, w = p.shape
-        k = num_objects
-        rough = F.softmax(p, dim=1)[:, 1].view(bk // k, k, h, w)
-        rough = F.softmax(rough, dim=1)  # object-level normalisation
-        u = uncertainty_map(rough).expand(-1, k, -1, -1).reshape(bk, 1, h, w)
-        rough = rough.reshape(bk, 1, h, w)
+            bk, _, h, w = p.shape
+            k = num_objects
+            rough = F.softmax(p, dim=1)[:, 1].view(bk // k, k, h, w)
+            rough = F.softmax(rough, dim=1)  # object-level normalisation
+            u = uncertainty_map(rough).expand(-1, k, -1, -1).reshape(bk, 1, h, w)
+            rough = rough.reshape(bk, 1, h, w)
 
-        pad = self.LOCAL // 2
-        # Mean of r1 over the object's 7x7 neighbourhood, weighted by its rough mask.
-        # (AvgPool counts padded zeros, as the official nn.AvgPool2d does.)
-        r1_rows = per_frame(r1, k)
-        num = F.avg_pool2d(r1_rows * rough, self.LOCAL, 1, pad)
-        den = F.avg_pool2d(rough, self.LOCAL, 1, pad)
-        r1_local = num / (den + 1e-8)
-        conf = F.max_pool2d(rough, self.LOCAL, 1, pad)
+            pad = self.LOCAL // 2
+            # Mean of r1 over the object's 7x7 neighbourhood, weighted by its rough mask.
+            # (AvgPool counts padded zeros, as the official nn.AvgPool2d does.)
+            r1_rows = upcast(per_frame(r1, k))
+            num = F.avg_pool2d(r1_rows * rough, self.LOCAL, 1, pad)
+            den = F.avg_pool2d(rough, self.LOCAL, 1, pad)
+            r1_local = num / (den + 1e-8)
+            conf = F.max_pool2d(rough, self.LOCAL, 1, pad)
         q = self.local_ResMM(self.local_convFM(torch.cat([r1_rows, r1_local], dim=1)))
-        q = conf * self.local_pred2(F.relu(q))
-
-        p = p + u * q
-        p = F.interpolate(p, scale_factor=2, mode="bilinear", align_corners=False)
-        if logits:
-            return p[:, 1] - p[:, 0]  # log-odds of the 2-way softmax below
-        return F.softmax(p, dim=1)[:, 1]
+        with full_precision(q):
+            q = conf * self.local_pred2(upcast(F.relu(q)))
+            p = p + u * q
+            p = F.interpolate(p, scale_factor=2, mode="bilinear", align_corners=False)
+            if logits:
+                return p[:, 1] - p[:, 0]  # log-odds of the 2-way softmax below
+            return F.softmax(p, dim=1)[:, 1]

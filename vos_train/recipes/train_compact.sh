@@ -42,7 +42,8 @@ run_stage runs/s2 runs/s1/best.pth --stage 2 --data-root $D/davis16-train-240p -
 # 2026-12-01's second round were trained from the fp16 stage-2 weights; MODEL_CARD.md).
 run_stage runs/s3 runs/s2/best.pth --stage 2 --data-root $D/davis16-train-240p --coco-root $D/coco128-seg \
   --static-fraction 0.25 --max-objects 2 --iters 650 --lr 1.5e-4 --warmup 50 --max-skip 8 --val-every 650 --seed 13
-# fp16 copy with its working size: 480, the shorter side DAVIS is evaluated at and Cutie's and XMem's default
+# fp16 copy with its working size: 480 (the stages' --working-size 240 records the scale of the 240p
+# training frames, which is also the size their held-out validation runs at), the shorter side DAVIS is evaluated at and Cutie's and XMem's default
 # internal size (larger inputs are scaled down to it, smaller ones run at their own size), then the quality
 # estimate fitted on the held-out sequences
 python -c "from vos_core.model import load_model, save_checkpoint; \
