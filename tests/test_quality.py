@@ -110,3 +110,75 @@ def test_vos_calibrate_fits_and_stores_an_estimate(tmp_path):
     assert model.working_size == 64
     seg = Segmenter(model)
     assert seg.quality_calibrated
+    assert model.quality_model.meta["estimator"] == "gbr" and type(model.quality_model).__name__ == "QualityModel"
+    # refit on the saved samples without segmenting again, with the other estimator
+    refit = tmp_path / "refit.pth"
+    assert vos(["calibrate", "--checkpoint", str(ckpt), "--from-samples", str(tmp_path / "samples.jsonl"),
+                "--estimator", "linear-isotonic", "--out", str(refit)]) == 0
+    again = load_model(refit)
+    assert type(again.quality_model).__name__ == "LinearIsotonicModel" and again.quality_model.meta["samples"] == 44
+    with pytest.raises(SystemExit):  # one source of samples, not both
+        vos(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--from-samples", "x", "--out", str(refit)])
+
+
+def _linear_isotonic(seed=0):
+    from vos_train.calibrate import LINEAR_SIGNALS, fit_estimator
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(400, len(SIGNALS)))
+    col = {s: i for i, s in enumerate(SIGNALS)}
+    y = np.clip(1 / (1 + np.exp(-(2 * x[:, col["mean_prob"]] - x[:, col["u_mean"]]))) + rng.normal(0, 0.05, 400), 0, 1)
+    return fit_estimator("linear-isotonic", x, y), x, y, LINEAR_SIGNALS
+
+
+def test_linear_isotonic_estimate_is_monotone_in_its_score_and_predicts_what_scikit_learn_predicts():
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    from vos_train.calibrate import predict
+
+    model, x, y, signals = _linear_isotonic()
+    assert model.signals == signals
+    xs = x[:, [SIGNALS.index(k) for k in signals]]
+    scaler = StandardScaler().fit(xs)
+    ridge = Ridge(alpha=1.0).fit(scaler.transform(xs), y)
+    score = ridge.predict(scaler.transform(xs))
+    want = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(score, y).predict(score)
+    got = predict(model, x)
+    assert np.allclose(got, want, atol=1e-9)
+    # higher mean_prob, lower U: never a lower estimate (a monotone curve over a score with these signs)
+    assert model.coef[signals.index("mean_prob")] > 0 > model.coef[signals.index("u_mean")]
+    order = np.argsort(model.score(xs))
+    assert np.all(np.diff(got[order]) >= -1e-12)
+    s = dict(zip(SIGNALS, x[3]))
+    assert model(s) == pytest.approx(got[3])
+    # the constructed cases: a confident, unchanged mask scores above a drifting, doubtful one
+    perfect = _signals(400, [10, 10, 20, 20], (20.0, 20.0), u=0.02, p=0.98)
+    drift = _signals(1600, [0, 10, 80, 25], (45.0, 22.0), components=3, largest=900, u=0.4, p=0.6)
+    assert model(perfect) > model(drift)
+
+
+def test_linear_isotonic_estimate_travels_in_a_weights_only_checkpoint_and_bad_ones_are_refused(tmp_path):
+    from vos_core import CheckpointError, load_model
+    from vos_core.model import AFBURR
+    from vos_core.model.checkpoint import write_checkpoint
+    from vos_core.model.config import COMPACT_RESNET18
+    from vos_train.calibrate import predict
+
+    qm, x, _, _ = _linear_isotonic(1)
+    qm.meta = {"sequences": ["a"], "estimator": "linear-isotonic"}
+    model = AFBURR(COMPACT_RESNET18)
+    path = tmp_path / "calibrated.pth"
+    write_checkpoint(path, model.state_dict(), model.config, {"quality": qm.to_state()})
+    loaded = load_model(path)
+    assert type(loaded.quality_model).__name__ == "LinearIsotonicModel"
+    assert np.array_equal(predict(loaded.quality_model, x), predict(qm, x))
+    assert loaded.quality_model.meta["estimator"] == "linear-isotonic"
+    for change in ({"curve_y": torch.flip(qm.to_state()["curve_y"], [0])},  # not monotone
+                   {"coef": torch.zeros(2, dtype=torch.float64)},  # wrong length
+                   {"format": 99}):
+        bad = qm.to_state() | change
+        write_checkpoint(path, model.state_dict(), model.config, {"quality": bad})
+        with pytest.raises(CheckpointError, match="quality calibration cannot be used"):
+            load_model(path)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vos_core.inference import Segmenter, SegmenterConfig
-from vos_core.inference.quality import SIGNALS, QualityModel
+from vos_core.inference.quality import SIGNALS, LinearIsotonicModel, QualityModel
 from vos_core.metrics import db_eval_iou
 
 from .data import DavisIndex
@@ -81,9 +81,44 @@ def scores(j: np.ndarray, pred: np.ndarray, bad_below: float = 0.5) -> dict:
             "bad_fraction": float(bad.mean())}
 
 
-def fit(samples: list[Sample]):
-    """Fits the estimator on all samples; returns (QualityModel, out-of-sequence cross-validation scores)."""
-    from sklearn.ensemble import GradientBoostingRegressor
+#: The estimators ``vos calibrate`` can fit; the first is the default (the shipped weights carry one).
+#: linear-isotonic cross-validates better on the six calibration sequences, but ranked DAVIS-2016 val
+#: slightly worse and under-rates small objects (BENCHMARKS.md, "Estimators"), so it is the option.
+ESTIMATORS = ("gbr", "linear-isotonic")
+#: The signals of the linear-isotonic estimator: confidence (mean probability, U) and the mask's shape
+#: (its largest component's share, its components, its area against the annotation's). Chosen by
+#: leave-one-sequence-out cross-validation on the calibration sequences (bench_quality_estimators.py).
+LINEAR_SIGNALS = ("mean_prob", "u_mean", "largest_frac", "components", "log_area_ref")
+
+
+def fit_estimator(kind: str, x: np.ndarray, y: np.ndarray, signals=LINEAR_SIGNALS):
+    """One estimator fitted on x (N×len(SIGNALS), in SIGNALS order) and true J y; ``signals``: the ones the
+    linear-isotonic estimator reads (the tree ensemble reads them all)."""
+    if kind == "gbr":
+        from sklearn.ensemble import GradientBoostingRegressor
+
+        return QualityModel.from_sklearn(GradientBoostingRegressor(**GBR_PARAMS).fit(x, y), SIGNALS)
+    if kind == "linear-isotonic":
+        from sklearn.isotonic import IsotonicRegression
+        from sklearn.linear_model import Ridge
+        from sklearn.preprocessing import StandardScaler
+
+        xs = x[:, [SIGNALS.index(k) for k in signals]]
+        scaler = StandardScaler().fit(xs)
+        ridge = Ridge(alpha=1.0).fit(scaler.transform(xs), y)
+        curve = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(
+            ridge.predict(scaler.transform(xs)), y)
+        return LinearIsotonicModel.from_sklearn(scaler, ridge, curve, signals)
+    raise ValueError(f"unknown estimator {kind!r} (choose from {list(ESTIMATORS)})")
+
+
+def predict(model, x: np.ndarray) -> np.ndarray:
+    """A fitted estimator's predictions for x in SIGNALS order (each estimator reads its own signals)."""
+    return model.predict(x[:, [SIGNALS.index(k) for k in model.signals]])
+
+
+def fit(samples: list[Sample], kind: str = ESTIMATORS[0]):
+    """Fits the estimator on all samples; returns (the estimator, out-of-sequence cross-validation scores)."""
     from sklearn.model_selection import GroupKFold
 
     x, y = matrix(samples), np.array([s.j for s in samples])
@@ -93,11 +128,18 @@ def fit(samples: list[Sample]):
     if n_groups >= 2:
         pred = np.zeros_like(y)
         for tr, te in GroupKFold(n_splits=min(5, n_groups)).split(x, y, groups):
-            pred[te] = np.clip(GradientBoostingRegressor(**GBR_PARAMS).fit(x[tr], y[tr]).predict(x[te]), 0, 1)
+            pred[te] = np.clip(predict(fit_estimator(kind, x[tr], y[tr]), x[te]), 0, 1)
         cv = scores(y, pred)
-    gbr = GradientBoostingRegressor(**GBR_PARAMS).fit(x, y)
-    meta = {"sequences": sorted({str(g) for g in groups}), "samples": int(len(y)), "cv": json.dumps(cv)}
-    return QualityModel.from_sklearn(gbr, SIGNALS, meta), cv
+    model = fit_estimator(kind, x, y)
+    model.meta = {"sequences": sorted({str(g) for g in groups}), "samples": int(len(y)), "cv": json.dumps(cv),
+                  "estimator": kind}
+    return model, cv
+
+
+def read_samples(path: str) -> list[Sample]:
+    """The samples ``--samples`` wrote (JSON Lines)."""
+    with open(path) as f:
+        return [Sample(**json.loads(line)) for line in f if line.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,12 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
                                              "DAVIS-layout sequences with ground truth; writes a checkpoint "
                                              "carrying it.")
     ap.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT)
-    ap.add_argument("--data", required=True, help="DAVIS-layout root with every frame's ground truth")
+    ap.add_argument("--data", help="DAVIS-layout root with every frame's ground truth (not with --from-samples)")
     ap.add_argument("--sequences", default="", help="comma-separated (default: all); never the ones you report on")
     ap.add_argument("--sizes", default="240", help="working sizes to run at (comma-separated; 0: input size)")
     ap.add_argument("--max-frames", type=int, default=0, help="frames per sequence (0: all)")
     ap.add_argument("--out", required=True, help="the calibrated checkpoint to write")
     ap.add_argument("--samples", help="also write the collected samples here (JSON Lines)")
+    ap.add_argument("--from-samples", help="fit on samples an earlier --samples wrote instead of segmenting --data")
+    ap.add_argument("--estimator", choices=ESTIMATORS, default=ESTIMATORS[0],
+                    help="linear-isotonic: a linear score of a few signals and a monotone curve to J; gbr: a "
+                         "gradient-boosted tree ensemble over every signal")
     ap.add_argument("--threads", type=int, default=2)
     return ap
 
@@ -124,16 +170,22 @@ def main(argv=None) -> int:
     from vos_core.model import load_model
     from vos_core.model.checkpoint import read_checkpoint, write_checkpoint
 
-    a = build_parser().parse_args(argv)
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if (a.data is None) == (a.from_samples is None):
+        ap.error("give --data (segment it) or --from-samples (fit on saved samples), one of them")
     torch.set_num_threads(a.threads)
-    model = load_model(a.checkpoint)
-    sizes = [int(s) or None for s in a.sizes.split(",") if s.strip()]
-    samples = collect(model, a.data, [s for s in a.sequences.split(",") if s] or None, sizes,
-                      a.max_frames or None, progress=lambda q, z: print(f"  {q} at size {z or 'input'}", file=sys.stderr))
+    if a.from_samples:
+        samples = read_samples(a.from_samples)
+    else:
+        model = load_model(a.checkpoint)
+        sizes = [int(s) or None for s in a.sizes.split(",") if s.strip()]
+        samples = collect(model, a.data, [s for s in a.sequences.split(",") if s] or None, sizes, a.max_frames or None,
+                          progress=lambda q, z: print(f"  {q} at size {z or 'input'}", file=sys.stderr))
     if len(samples) < 20:
         print(f"vos calibrate: error: only {len(samples)} frames with ground truth: too few to fit", file=sys.stderr)
         return 2
-    quality, cv = fit(samples)
+    quality, cv = fit(samples, a.estimator)
     state, config, meta = read_checkpoint(a.checkpoint)
     meta["quality"] = quality.to_state()
     write_checkpoint(a.out, state, config, meta)
@@ -142,7 +194,7 @@ def main(argv=None) -> int:
             for s in samples:
                 f.write(json.dumps(s.__dict__) + "\n")
     print(json.dumps({"samples": len(samples), "sequences": quality.meta["sequences"],
-                      "cross_validated_by_sequence": cv, "out": a.out}))
+                      "estimator": a.estimator, "cross_validated_by_sequence": cv, "out": a.out}))
     return 0
 
 

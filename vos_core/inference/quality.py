@@ -3,8 +3,10 @@
 Quality is a pure function of per-frame signals the segmenter already has: the uncertainty and probability
 statistics of the object, and how its mask compares with the mask it was last given (its annotation or
 correction: area, box, position) and with the previous frame's. :func:`object_signals` computes them;
-a :class:`QualityModel` (a small gradient-boosted tree ensemble fitted by ``vos calibrate`` on sequences with
-ground truth, stored in the checkpoint as plain tensors) maps them to a J estimate in [0, 1]. A checkpoint
+a fitted estimator (``vos calibrate``, on sequences with ground truth, stored in the checkpoint as plain
+tensors) maps them to a J estimate in [0, 1]: a :class:`QualityModel` (a small gradient-boosted tree
+ensemble: ``vos calibrate``'s default and the shipped weights') or a :class:`LinearIsotonicModel` (a linear
+score of five signals and a monotone curve: ``--estimator linear-isotonic``). A checkpoint
 without one gets :func:`fallback_quality`, a fixed, uncalibrated rule (documented as such in the README).
 """
 from __future__ import annotations
@@ -21,7 +23,8 @@ SIGNALS = (
     "log_area_ref", "log_bbox_ref", "log_width_ref", "log_height_ref", "shift_ref",
     "log_area_prev", "shift_prev", "components", "largest_frac", "log_frames_since_ref",
 )
-QUALITY_FORMAT = 1
+QUALITY_FORMAT = 1  # the tree ensemble (QualityModel)
+LINEAR_ISOTONIC_FORMAT = 2  # a linear score mapped to J by an isotonic curve (LinearIsotonicModel)
 
 
 @dataclass
@@ -172,3 +175,72 @@ class QualityModel:
         if split.size and (split.min() < 0 or split.max() >= len(d["signals"])):
             raise ValueError("quality model: feature index out of range")
         return cls(d["signals"], d["base"], d["rate"], **arrays, meta=d.get("meta"))
+
+
+class LinearIsotonicModel:
+    """A linear score of standardised signals, mapped to J by a monotone piecewise-linear curve:
+    prediction = clip(interp(((x - mean) / scale) @ coef + intercept, curve_x, curve_y), 0, 1). Fitted by
+    ``vos calibrate`` (scikit-learn's Ridge, then IsotonicRegression); held as arrays, like QualityModel.
+    Few parameters: on six calibration sequences it generalised to a held-out sequence better than the
+    tree ensemble, but not on DAVIS-2016 val (benchmarks/bench_quality_estimators.py, BENCHMARKS.md)."""
+
+    def __init__(self, signals, mean, scale, coef, intercept: float, curve_x, curve_y, meta=None):
+        self.signals = tuple(signals)
+        self.mean, self.scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
+        self.coef = np.asarray(coef, np.float64)
+        self.intercept = float(intercept)
+        self.curve_x, self.curve_y = np.asarray(curve_x, np.float64), np.asarray(curve_y, np.float64)
+        self.meta = dict(meta or {})
+        unknown = set(self.signals) - set(SIGNALS)
+        if unknown:
+            raise ValueError(f"quality model uses unknown signals {sorted(unknown)}")
+        n = len(self.signals)
+        if not (self.mean.shape == self.scale.shape == self.coef.shape == (n,)):
+            raise ValueError(f"quality model: mean, scale and coef must each hold {n} values (one per signal)")
+        if self.curve_x.ndim != 1 or self.curve_x.shape != self.curve_y.shape or self.curve_x.size < 1:
+            raise ValueError("quality model: the curve needs as many x as y values, at least one")
+        if np.any(np.diff(self.curve_x) < 0) or np.any(np.diff(self.curve_y) < 0):
+            raise ValueError("quality model: the curve must be non-decreasing in x and y")
+        if not np.all(self.scale > 0):
+            raise ValueError("quality model: scale must be positive")
+
+    @classmethod
+    def from_sklearn(cls, scaler, ridge, isotonic, signals, meta=None) -> "LinearIsotonicModel":
+        """From a fitted StandardScaler, Ridge and IsotonicRegression (out_of_bounds='clip')."""
+        return cls(signals, scaler.mean_, scaler.scale_, ridge.coef_, float(ridge.intercept_),
+                   isotonic.X_thresholds_, isotonic.y_thresholds_, meta)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(x, np.float64))
+        return ((x - self.mean) / self.scale) @ self.coef + self.intercept
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """x: N×len(signals) -> N estimates of J in [0, 1]."""
+        return np.clip(np.interp(self.score(x), self.curve_x, self.curve_y), 0.0, 1.0)
+
+    def __call__(self, s: dict[str, float]) -> float:
+        return float(self.predict(np.array([[s[k] for k in self.signals]]))[0])
+
+    def to_state(self) -> dict:
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        return {"format": LINEAR_ISOTONIC_FORMAT, "signals": list(self.signals), "mean": t(self.mean),
+                "scale": t(self.scale), "coef": t(self.coef), "intercept": self.intercept,
+                "curve_x": t(self.curve_x), "curve_y": t(self.curve_y), "meta": dict(self.meta)}
+
+    @classmethod
+    def from_state(cls, d: dict) -> "LinearIsotonicModel":
+        if not isinstance(d, dict) or d.get("format") != LINEAR_ISOTONIC_FORMAT:
+            raise ValueError(f"not a quality model of format {LINEAR_ISOTONIC_FORMAT}")
+        arr = {k: (d[k].numpy() if isinstance(d[k], torch.Tensor) else np.asarray(d[k]))
+               for k in ("mean", "scale", "coef", "curve_x", "curve_y")}
+        return cls(d["signals"], intercept=d["intercept"], meta=d.get("meta"), **arr)
+
+
+def quality_model_from_state(d: dict):
+    """The estimator a checkpoint's ``quality`` entry holds, whichever format it is."""
+    formats = {QUALITY_FORMAT: QualityModel, LINEAR_ISOTONIC_FORMAT: LinearIsotonicModel}
+    kind = formats.get(d.get("format")) if isinstance(d, dict) else None
+    if kind is None:
+        raise ValueError(f"unknown quality model format {d.get('format') if isinstance(d, dict) else type(d)!r} "
+                         f"(known: {sorted(formats)})")
+    return kind.from_state(d)

@@ -122,10 +122,10 @@ def _quality_model(meta: dict, uri):
     state = meta.get("quality")
     if state is None:
         return None
-    from ..inference.quality import QualityModel
+    from ..inference.quality import quality_model_from_state
 
     try:
-        return QualityModel.from_state(state)
+        return quality_model_from_state(state)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{uri}: its quality calibration cannot be used: {e}") from e
 
