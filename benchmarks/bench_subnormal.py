@@ -6,7 +6,9 @@
 A trained model's attention over its bank is peaked: about a tenth of the softmax weights underflow into
 float32 subnormals (below 1.2e-38; measured 10-11% on car-shadow at 480p with the shipped weights). x86 cores
 multiply subnormal operands through a slow path, so the bank's value product, which reads every weight, slows
-down many times on CPUs that penalise them (an Intel Xeon here; AMD's Zen cores much less).
+down many times on CPUs that penalise them (the Intel Xeon of BENCHMARKS.md (i); the AMD EPYC of the second
+round ran the same weights at 0.65 frames/s at 480 without this fix, so it seems to pay less: not measured
+side by side).
 ``vos_core.model.memory_read.drop_subnormal_`` sets those weights to zero before the product; "kept" runs the
 same code with it replaced by the identity. Both run the Segmenter (fp32, its defaults) on the same decoded
 frames, alternating, first-frame mask only. Columns: frames/s of the best whole run, 1 / median step time,

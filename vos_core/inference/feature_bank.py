@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..model.memory_read import attend, bucket_length, drop_subnormal_, onednn_available, onednn_linear, query_rows, read_values
+from ..model.memory_read import (attend, bucket_length, drop_subnormal_, onednn_available, onednn_linear, query_rows,
+                                 read_values)
 from .config import DEFAULTS, SegmenterConfig
 
 READ_THRESHOLD = 1e-3  # attention weight above which a read counts as a use
