@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -335,3 +336,38 @@ def fake_result(t: int, object_ids=(0, 1, 2), h=24, w=40, seed=0, annotated=Fals
     mask = np.asarray(object_ids, dtype=np.uint16 if max(object_ids) > 255 else np.uint8)[labels.numpy()]
     return FrameResult(index=t, object_ids=list(object_ids), mask=mask, probs=None,
                        uncertainty=u.numpy() if with_u else None, stats=stats, annotated=annotated)
+
+
+def pids_under(temp_dir: str) -> list[int]:
+    """Processes whose command line names a throwaway cluster's private temp dir (Linux /proc)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            with contextlib.suppress(OSError), open(f"/proc/{d}/cmdline", "rb") as f:
+                if temp_dir.encode() in f.read():
+                    pids.append(int(d))
+    return pids
+
+
+def stop_cluster(head: subprocess.Popen, temp_dir: str) -> None:
+    """Ends exactly the processes of a `ray start --head --block` cluster: its process group (SIGTERM, then
+    SIGKILL), then anything still running under its --temp-dir. Not `ray stop --force`, which would kill every
+    Ray on the machine."""
+    for sig, grace in [(signal.SIGTERM, 20), (signal.SIGKILL, 10)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, sig)
+        try:
+            head.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        left = pids_under(temp_dir)
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    raise AssertionError(f"Ray processes left running: {pids_under(temp_dir)}")

@@ -594,7 +594,7 @@ def test_local_ray_listens_on_loopback_and_dies_with_its_killed_driver(compact_c
 
 @slow
 def test_joining_a_token_cluster_without_the_token_is_one_line(compact_ckpt, tmp_path, tmp_path_factory):
-    from test_ray_submit import _stop_cluster
+    from job_helpers import stop_cluster
 
     auth = session_token_env(tmp_path_factory)
     env = {**os.environ, **auth}
@@ -619,7 +619,7 @@ def test_joining_a_token_cluster_without_the_token_is_one_line(compact_ckpt, tmp
                            timeout=300)
     finally:
         try:
-            _stop_cluster(head, temp_dir)
+            stop_cluster(head, temp_dir)
         finally:
             log.close()
             shutil.rmtree(temp_dir, ignore_errors=True)

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from job_helpers import (FAST, ROOT, assert_exactly_once, compact_ckpt, free_port, ray_cli,  # noqa: F401
-                         read_table, session_token_env, tiny_corpus, wait_for, write_mask, write_video_folder)
+from job_helpers import (FAST, ROOT, assert_exactly_once, compact_ckpt, free_port, pids_under,  # noqa: F401
+                         ray_cli, read_table, session_token_env, tiny_corpus, wait_for, write_mask,
+                         write_video_folder)
 from jobs.label import reaper
 
 pytestmark = pytest.mark.slow
@@ -86,16 +87,6 @@ class LocalCluster:
             self.kill(name)
 
 
-def _pids_under(temp_dir: str) -> list[int]:
-    pids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit() and int(d) != os.getpid():
-            with contextlib.suppress(OSError), open(f"/proc/{d}/cmdline", "rb") as f:
-                if temp_dir.encode() in f.read():
-                    pids.append(int(d))
-    return pids
-
-
 def _kill_tree(proc: subprocess.Popen, temp_dir: str) -> None:
     """SIGKILL to the `ray start` process, every process below it, its session and anything still
     naming its temp dir; waits until they are gone."""
@@ -108,7 +99,7 @@ def _kill_tree(proc: subprocess.Popen, temp_dir: str) -> None:
     proc.wait(timeout=30)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        left = [p for p in (*reaper._still(tracked), *_pids_under(temp_dir)) if not reaper._zombie(p)]
+        left = [p for p in (*reaper._still(tracked), *pids_under(temp_dir)) if not reaper._zombie(p)]
         if not left:
             break
         for pid in left:

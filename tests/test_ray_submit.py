@@ -9,17 +9,15 @@ process group, then any process still running under its private --temp-dir), not
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 import pytest
 
 from job_helpers import (ROOT, SAMPLE, assert_exactly_once, assert_same_masks, compact_ckpt,  # noqa: F401
-                         free_port, job_masks, ray_cli, reference_masks, session_token_env, wait_for)
+                         free_port, job_masks, ray_cli, reference_masks, session_token_env, stop_cluster, wait_for)
 from jobs.label.manifest import load_manifest
 
 pytestmark = pytest.mark.slow
@@ -27,46 +25,6 @@ pytestmark = pytest.mark.slow
 #: What `--working-dir` must not upload (Ray also honours .gitignore and .rayignore).
 EXCLUDES = [".git", ".venv*", "third_party", "vos_output", "outputs", "runs", ".pytest_cache", "*.egg-info",
             ".benchmarks"]
-
-
-def _pids_under(temp_dir: str) -> list[int]:
-    """Processes whose command line names this cluster's private temp dir (Linux /proc)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit() and int(d) != os.getpid():
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    if temp_dir.encode() in f.read():
-                        pids.append(int(d))
-            except OSError:
-                pass
-    return pids
-
-
-def _stop_cluster(head: subprocess.Popen, temp_dir: str) -> None:
-    with_signal = [(signal.SIGTERM, 20), (signal.SIGKILL, 10)]
-    for sig, grace in with_signal:
-        try:
-            os.killpg(head.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            head.wait(timeout=grace)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        left = _pids_under(temp_dir)
-        if not left:
-            return
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
-    raise AssertionError(f"Ray processes left running: {_pids_under(temp_dir)}")
 
 
 def _dashboard_up(port: int, token: str) -> bool:
@@ -118,7 +76,7 @@ def test_ray_job_submit(compact_ckpt, tmp_path, tmp_path_factory):  # noqa: F811
         assert denied.returncode != 0
     finally:
         try:
-            _stop_cluster(head, temp_dir)
+            stop_cluster(head, temp_dir)
         finally:
             log.close()
             shutil.rmtree(temp_dir, ignore_errors=True)
