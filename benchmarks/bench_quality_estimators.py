@@ -14,7 +14,6 @@ scored as they are (nothing is fitted). ``vos calibrate``'s two estimators are t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -60,15 +59,14 @@ def main(argv=None) -> int:
     from sklearn.model_selection import GroupKFold
 
     from vos_core.inference.quality import SIGNALS
-    from vos_train.calibrate import scores
+    from vos_train.calibrate import matrix, read_samples, scores
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", required=True, type=Path, help="JSON Lines from `vos calibrate --samples`")
     a = ap.parse_args(argv)
-    rows = [json.loads(line) for line in a.samples.read_text().splitlines() if line.strip()]
-    x = np.array([[r["signals"][k] for k in SIGNALS] for r in rows], np.float64)
-    y = np.array([r["j"] for r in rows])
-    groups = np.array([r["sequence"] for r in rows])
+    samples = read_samples(a.samples)
+    x, y = matrix(samples), np.array([s.j for s in samples])
+    groups = np.array([s.sequence for s in samples])
     n_seq = len(set(groups))
     if n_seq < 2:
         ap.error("--samples: need at least two sequences to hold one out")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +29,11 @@ if str(ROOT) not in sys.path:
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "davis16-val-public"
 
 
-def run_once(model, frames, first_mask, config):
-    from vos_core import Segmenter
-
-    seg = Segmenter(model, config)
-    masks, steps = [], []
-    t0 = tp = time.perf_counter()
-    for r in seg.run(frames, {0: first_mask}):
-        masks.append(r.mask)
-        now = time.perf_counter()
-        steps.append(now - tp)
-        tp = now
-    return masks, time.perf_counter() - t0, steps[1:]
-
-
 def main(argv=None) -> int:
     import torch
 
     import vos_core.inference.feature_bank as feature_bank
+    from benchmarks.bench_precision import segment
     from vos_core import SegmenterConfig
     from vos_core.model import SHIPPED_CHECKPOINT, load_model
     from vos_train.data import DavisIndex
@@ -79,11 +65,11 @@ def main(argv=None) -> int:
         for name, fn in modes.items():
             feature_bank.drop_subnormal_ = fn
             try:
-                m, seconds, st = run_once(model, frames, first, config)
+                m, seconds, st = segment(model, frames, first, "fp32", None)
             finally:
                 feature_bank.drop_subnormal_ = dropping
             runs[name].append(seconds)
-            steps[name] += st
+            steps[name] += st[1:]  # the annotated frame's step is no segmentation
             masks.setdefault(name, m)
     h, w = frames[0].shape[:2]
     print(f"\n{a.sequence}: {len(frames)} frames {w}x{h}, working size {config.working_size_for(model) or 'input'}, "

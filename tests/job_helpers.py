@@ -361,13 +361,19 @@ def stop_cluster(head: subprocess.Popen, temp_dir: str) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
-    deadline = time.monotonic() + 15
+    if not sigkill_until_gone(lambda: pids_under(temp_dir), timeout=15, interval=0.5):
+        raise AssertionError(f"Ray processes left running: {pids_under(temp_dir)}")
+
+
+def sigkill_until_gone(find, timeout: float, interval: float) -> bool:
+    """SIGKILLs the pids ``find()`` returns until it returns none (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = pids_under(temp_dir)
+        left = find()
         if not left:
-            return
+            return True
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
-    raise AssertionError(f"Ray processes left running: {pids_under(temp_dir)}")
+        time.sleep(interval)
+    return False

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 
 from job_helpers import (FAST, ROOT, assert_exactly_once, compact_ckpt, free_port, pids_under,  # noqa: F401
-                         ray_cli, read_table, session_token_env, tiny_corpus, wait_for, write_mask,
-                         write_video_folder)
+                         ray_cli, read_table, session_token_env, sigkill_until_gone, tiny_corpus, wait_for,
+                         write_mask, write_video_folder)
 from jobs.label import reaper
 
 pytestmark = pytest.mark.slow
@@ -97,16 +97,10 @@ def _kill_tree(proc: subprocess.Popen, temp_dir: str) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        left = [p for p in (*reaper._still(tracked), *pids_under(temp_dir)) if not reaper._zombie(p)]
-        if not left:
-            break
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
-    else:
+    def left():
+        return [p for p in (*reaper._still(tracked), *pids_under(temp_dir)) if not reaper._zombie(p)]
+
+    if not sigkill_until_gone(left, timeout=20, interval=0.2):
         raise AssertionError(f"processes of the node under {temp_dir} still running")
     shutil.rmtree(temp_dir, ignore_errors=True)
 

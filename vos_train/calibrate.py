@@ -105,9 +105,9 @@ def fit_estimator(kind: str, x: np.ndarray, y: np.ndarray, signals=LINEAR_SIGNAL
 
         xs = x[:, [SIGNALS.index(k) for k in signals]]
         scaler = StandardScaler().fit(xs)
-        ridge = Ridge(alpha=1.0).fit(scaler.transform(xs), y)
-        curve = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(
-            ridge.predict(scaler.transform(xs)), y)
+        z = scaler.transform(xs)
+        ridge = Ridge(alpha=1.0).fit(z, y)
+        curve = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(ridge.predict(z), y)
         return LinearIsotonicModel.from_sklearn(scaler, ridge, curve, signals)
     raise ValueError(f"unknown estimator {kind!r} (choose from {list(ESTIMATORS)})")
 

@@ -96,6 +96,11 @@ def fallback_quality(s: dict[str, float]) -> float:
     return float(max(0.0, min(1.0, confidence * math.exp(-0.5 * drift) * (s["largest_frac"] ** 0.5))))
 
 
+def _state_arrays(d: dict, names) -> dict[str, np.ndarray]:
+    """The named entries of a checkpoint's quality state as numpy arrays (tensors, or lists from elsewhere)."""
+    return {k: (d[k].numpy() if isinstance(d[k], torch.Tensor) else np.asarray(d[k])) for k in names}
+
+
 class QualityModel:
     """A gradient-boosted regression tree ensemble over :data:`SIGNALS`, held as arrays (no pickles:
     it travels in a ``weights_only`` checkpoint). prediction = clip(base + rate * sum of tree values)."""
@@ -162,8 +167,7 @@ class QualityModel:
     def from_state(cls, d: dict) -> "QualityModel":
         if not isinstance(d, dict) or d.get("format") != QUALITY_FORMAT:
             raise ValueError(f"not a quality model of format {QUALITY_FORMAT}")
-        arrays = {k: (d[k].numpy() if isinstance(d[k], torch.Tensor) else np.asarray(d[k]))
-                  for k in ("feature", "threshold", "left", "right", "value")}
+        arrays = _state_arrays(d, ("feature", "threshold", "left", "right", "value"))
         shapes = {a.shape for a in arrays.values()}
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
             raise ValueError("quality model arrays must all be trees × nodes")
@@ -231,9 +235,8 @@ class LinearIsotonicModel:
     def from_state(cls, d: dict) -> "LinearIsotonicModel":
         if not isinstance(d, dict) or d.get("format") != LINEAR_ISOTONIC_FORMAT:
             raise ValueError(f"not a quality model of format {LINEAR_ISOTONIC_FORMAT}")
-        arr = {k: (d[k].numpy() if isinstance(d[k], torch.Tensor) else np.asarray(d[k]))
-               for k in ("mean", "scale", "coef", "curve_x", "curve_y")}
-        return cls(d["signals"], intercept=d["intercept"], meta=d.get("meta"), **arr)
+        arrays = _state_arrays(d, ("mean", "scale", "coef", "curve_x", "curve_y"))
+        return cls(d["signals"], intercept=d["intercept"], meta=d.get("meta"), **arrays)
 
 
 def quality_model_from_state(d: dict):

@@ -22,13 +22,13 @@ def attend(rows: torch.Tensor, mem_key: torch.Tensor) -> torch.Tensor:
 
 def drop_subnormal_(attn: torch.Tensor) -> torch.Tensor:
     """Sets attention weights below the smallest normal float (exp of a similarity far below the row's
-    maximum underflows into subnormals) to exactly zero, in place. Why: many x86 CPUs multiply subnormal operands
-    through a slow path; the bank's products over such weights ran 35x slower (3.2 s against 0.09 s over two
-    frames at 480p with the shipped weights on an Intel Xeon), about a tenth of a trained model's weights being
-    subnormal. The readout moves by at most bank length x 1.2e-38 x |value|,
-    far below float32 rounding of the result. The same as the CPU's flush-to-zero mode, without changing
-    the floating-point mode of the caller's threads (a library should leave that alone). CPU tensors only:
-    GPUs multiply subnormals at full speed, so there the extra pass would cost without paying."""
+    maximum underflows into subnormals) to exactly zero, in place. Why: many x86 CPUs multiply subnormal
+    operands through a slow path; the bank's products over such weights ran 35x slower (3.2 s against 0.09 s
+    over two frames at 480p with the shipped weights on an Intel Xeon), about a tenth of a trained model's
+    weights being subnormal. The readout moves by at most bank length x 1.2e-38 x |value|, far below float32
+    rounding of the result. The same as the CPU's flush-to-zero mode, without changing the floating-point mode
+    of the caller's threads (a library should leave that alone). CPU tensors only: GPUs multiply subnormals at
+    full speed, so there the extra pass would cost without paying."""
     if attn.device.type != "cpu":
         return attn
     return torch.threshold_(attn, torch.finfo(attn.dtype).tiny, 0.0)
