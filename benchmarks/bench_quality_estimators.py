@@ -47,7 +47,16 @@ def candidates():
         "random forest, leaves >= 10": sklearn(lambda: RandomForestRegressor(300, min_samples_leaf=10,
                                                                              max_features=0.5, random_state=0)),
         "isotonic on mean_prob": ours("linear-isotonic", ("mean_prob",)),
-        "ridge + isotonic: mean_prob, u_mean": ours("linear-isotonic", ("mean_prob", "u_mean")),
+        "isotonic on ref_agreement": ours("linear-isotonic", ("ref_agreement",)),
+        "ridge + isotonic: ref_agreement, mean_prob": ours("linear-isotonic", ("ref_agreement", "mean_prob")),
+        "ridge + isotonic: ref_agreement, mean_prob, u_mean": ours("linear-isotonic",
+                                                                   ("ref_agreement", "mean_prob", "u_mean")),
+        "ridge + isotonic: ref_agreement, mean_prob, largest_frac, components": ours(
+            "linear-isotonic", ("ref_agreement", "mean_prob", "largest_frac", "components")),
+        "ridge + isotonic: mean_prob, u_mean, largest_frac, components, log_area_ref": ours(
+            "linear-isotonic", ("mean_prob", "u_mean", "largest_frac", "components", "log_area_ref")),
+        "ridge + isotonic: those five and ref_agreement": ours(
+            "linear-isotonic", ("mean_prob", "u_mean", "largest_frac", "components", "log_area_ref", "ref_agreement")),
         f"ridge + isotonic: {', '.join(LINEAR_SIGNALS)} (`--estimator linear-isotonic`)":
             ours("linear-isotonic"),
         "ridge + isotonic: every signal": ours("linear-isotonic", SIGNALS),
@@ -81,7 +90,7 @@ def main(argv=None) -> int:
         s = scores(y, pred)
         auroc = f"{s['auroc_bad']:.3f}" if s["auroc_bad"] is not None else "n/a"
         print(f"| {name} | {s['spearman']:.3f} | {auroc} | {s['mae']:.3f} |")
-    for signal, sign in (("mean_prob", 1), ("u_mean", -1), ("u_p95", -1), ("shift_ref", -1)):
+    for signal, sign in (("ref_agreement", 1), ("mean_prob", 1), ("u_mean", -1), ("u_p95", -1), ("shift_ref", -1)):
         v = sign * x[:, SIGNALS.index(signal)]
         auroc = scores(y, v)["auroc_bad"]
         print(f"| signal {'' if sign > 0 else '-'}{signal} alone (not fitted) | {spearmanr(v, y).statistic:.3f} | "

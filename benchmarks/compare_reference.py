@@ -413,6 +413,9 @@ def prefill_features(rows: int, n: int, keydim: int = 128, valdim: int = 512, se
 
 def run_ours(model, frames: list[np.ndarray], first_mask: np.ndarray, budget: int, merge_thres: float,
              update_rate: float, prefill: tuple[list, list] | None = None, **segmenter_kwargs) -> RunResult:
+    # The authors' loop estimates no quality, so ours runs without the quality estimate's second read
+    # (reference_read, 1.17x a step at 480p: benchmarks/bench_reference_read.py) unless asked: like against like.
+    segmenter_kwargs = {"reference_read": False, **segmenter_kwargs}
     config = SegmenterConfig(budget=budget, merge_thres=merge_thres, update_rate=update_rate, **segmenter_kwargs)
     seg = Segmenter(model, config, memory=_instrumented_memory(prefill))
     session = seg.start()

@@ -37,7 +37,8 @@ _HEIGHT = ("height", pa.int32(), "Frame (and mask) height in pixels, at the inpu
 _WIDTH = ("width", pa.int32(), "Frame (and mask) width in pixels.")
 _QUALITY_DOC = ("the segmenter's quality estimate: the predicted region J (IoU with the true mask) in [0, 1], "
                 "from a fitted estimator when the checkpoint carries one, else an uncalibrated rule "
-                "(`videos.quality_calibrated`)")
+                "(`videos.quality_calibrated`); null when the estimator reads the reference-read agreement and "
+                "the run turned that read off (`--no-reference-read`)")
 
 COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
     "masks": [
@@ -140,7 +141,8 @@ COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
         ("checkpoint_uri", pa.string(), "The `--checkpoint` URI."),
         ("settings", pa.string(), "JSON object of every segmentation setting (the fields of "
          "`vos_core.SegmenterConfig`: `size`, the largest shorter side the model ran at with these weights "
-         "(smaller inputs ran at their own size), 0 = the input size; `budget`, `merge_thres`, `update_rate`, `u_threshold`, `resize_annotations`, `precision` ...); query with "
+         "(smaller inputs ran at their own size), 0 = the input size; `budget`, `merge_thres`, `update_rate`, `u_threshold`, `resize_annotations`, `reference_read` (false: no "
+         "`ref_agreement` signal, so a quality estimate that reads it is null), `precision` ...); query with "
          "`json_extract`."),
         ("schema_version", pa.int32(), f"Version of this output schema ({SCHEMA_VERSION})."),
         _RUN_ID,

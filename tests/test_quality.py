@@ -1,5 +1,6 @@
 """vos_core.inference.quality: signals on constructed cases, the tree ensemble against scikit-learn, and
 its round trip through a weights-only checkpoint."""
+import json
 import math
 
 import numpy as np
@@ -19,10 +20,10 @@ def _stats(area, bbox, u=0.05, p=0.95):
 REF = MaskShape(400, [10, 10, 20, 20], (20.0, 20.0))
 
 
-def _signals(area, bbox, centroid, components=1, largest=None, u=0.05, p=0.95, t=10):
+def _signals(area, bbox, centroid, components=1, largest=None, u=0.05, p=0.95, t=10, agree=1.0):
     track = ObjectTrack(REF, 0)
     return object_signals(_stats(area, bbox, u, p), MaskShape(area, bbox, centroid), track, components,
-                          area if largest is None else largest, t)
+                          area if largest is None else largest, t, agree)
 
 
 def test_signals_of_constructed_cases():
@@ -32,10 +33,11 @@ def test_signals_of_constructed_cases():
     assert perfect["largest_frac"] == 1 and perfect["empty"] == 0
     assert perfect["log_frames_since_ref"] == pytest.approx(math.log(11))
     # the mask leaks onto the background: 4x the area, a box 4x as wide, centre pulled away, in pieces
-    drift = _signals(1600, [0, 10, 80, 25], (45.0, 22.0), components=3, largest=900)
+    drift = _signals(1600, [0, 10, 80, 25], (45.0, 22.0), components=3, largest=900, agree=0.3)
+    assert drift["ref_agreement"] == 0.3 and perfect["ref_agreement"] == 1.0
     assert drift["log_area_ref"] > 1 and drift["log_width_ref"] > 1 and drift["shift_ref"] > 1
     assert drift["largest_frac"] == pytest.approx(900 / 1600)
-    lost = _signals(0, None, None, components=0, largest=0, u=0.0)
+    lost = _signals(0, None, None, components=0, largest=0, u=0.0, agree=0.0)
     assert lost["empty"] == 1 and lost["log_area_ref"] < -5
     q = [fallback_quality(s) for s in (perfect, drift, lost)]
     assert q[0] > 0.8 and q[0] > q[1] and q[2] == 0.0 and all(0 <= x <= 1 for x in q)
@@ -104,19 +106,27 @@ def test_vos_calibrate_fits_and_stores_an_estimate(tmp_path):
     assert vos(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--sizes", "64,48", "--out", str(out),
                  "--samples", str(tmp_path / "samples.jsonl")]) == 0
     lines = (tmp_path / "samples.jsonl").read_text().splitlines()
-    assert len(lines) == 2 * 2 * 11  # sequences x sizes x frames after the first
+    assert len(lines) == 2 * 2 * 2 * 11  # sequences x sizes x directions x frames after the given one
+    rows = [json.loads(line) for line in lines]
+    assert {r["direction"] for r in rows} == {"forward", "backward"}
+    # backward runs start from the last frame's mask: it is never scored, the first frame is
+    assert {r["frame"] for r in rows if r["direction"] == "backward"} == set(range(11))
+    assert {r["frame"] for r in rows if r["direction"] == "forward"} == set(range(1, 12))
+    assert all(0.0 <= r["signals"]["ref_agreement"] <= 1.0 for r in rows)
     model = load_model(out)
     assert model.quality_model is not None and model.quality_model.meta["sequences"] == ["bear", "hockey"]
     assert model.working_size == 64
     seg = Segmenter(model)
     assert seg.quality_calibrated
-    assert model.quality_model.meta["estimator"] == "gbr" and type(model.quality_model).__name__ == "QualityModel"
+    assert model.quality_model.meta["estimator"] == "linear-isotonic"
+    assert type(model.quality_model).__name__ == "LinearIsotonicModel"
+    assert "ref_agreement" in model.quality_model.signals
     # refit on the saved samples without segmenting again, with the other estimator
     refit = tmp_path / "refit.pth"
     assert vos(["calibrate", "--checkpoint", str(ckpt), "--from-samples", str(tmp_path / "samples.jsonl"),
-                "--estimator", "linear-isotonic", "--out", str(refit)]) == 0
+                "--estimator", "gbr", "--out", str(refit)]) == 0
     again = load_model(refit)
-    assert type(again.quality_model).__name__ == "LinearIsotonicModel" and again.quality_model.meta["samples"] == 44
+    assert type(again.quality_model).__name__ == "QualityModel" and again.quality_model.meta["samples"] == 88
     with pytest.raises(SystemExit):  # one source of samples, not both
         vos(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--from-samples", "x", "--out", str(refit)])
 
@@ -155,7 +165,7 @@ def test_linear_isotonic_estimate_is_monotone_in_its_score_and_predicts_what_sci
     assert model(s) == pytest.approx(got[3])
     # the constructed cases: a confident, unchanged mask scores above a drifting, doubtful one
     perfect = _signals(400, [10, 10, 20, 20], (20.0, 20.0), u=0.02, p=0.98)
-    drift = _signals(1600, [0, 10, 80, 25], (45.0, 22.0), components=3, largest=900, u=0.4, p=0.6)
+    drift = _signals(1600, [0, 10, 80, 25], (45.0, 22.0), components=3, largest=900, u=0.4, p=0.6, agree=0.3)
     assert model(perfect) > model(drift)
 
 
@@ -182,3 +192,48 @@ def test_linear_isotonic_estimate_travels_in_a_weights_only_checkpoint_and_bad_o
         write_checkpoint(path, model.state_dict(), model.config, {"quality": bad})
         with pytest.raises(CheckpointError, match="quality calibration cannot be used"):
             load_model(path)
+
+
+def test_a_missing_signal_gives_no_estimate_rather_than_a_made_up_one():
+    """With the reference read off, ``ref_agreement`` is None: an estimator reading it gives None, one that
+    does not still gives its estimate, and the fallback rule works without it."""
+    from vos_core.inference.quality import estimate_quality
+    from vos_train.calibrate import fit_estimator
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(200, len(SIGNALS)))
+    col = {s: i for i, s in enumerate(SIGNALS)}
+    y = x[:, col["ref_agreement"]]
+    reads_it = fit_estimator("linear-isotonic", x, y, ("ref_agreement", "mean_prob"))
+    ignores_it = fit_estimator("linear-isotonic", x, y, ("mean_prob",))
+    s = dict(zip(SIGNALS, x[0]), empty=0.0)
+    assert estimate_quality(reads_it, s) == pytest.approx(float(reads_it(s)))
+    s["ref_agreement"] = None
+    assert estimate_quality(reads_it, s) is None
+    assert estimate_quality(ignores_it, s) == pytest.approx(float(ignores_it(s)))
+    assert estimate_quality(fallback_quality, s) is not None
+
+
+def test_the_fallback_rule_follows_the_reference_agreement():
+    s = object_signals(_stats(400, [10, 10, 20, 20]), REF, ObjectTrack(REF, 0), 1, 400, 3, ref_agreement=1.0)
+    lost = dict(s, ref_agreement=0.1)
+    assert fallback_quality(lost) == pytest.approx(0.1 * fallback_quality(s))
+
+
+def test_the_shipped_estimate_on_constructed_cases():
+    """The shipped weights' fitted estimate: a perfect track, a mask that drifted onto the background (the
+    annotated frame's read no longer agrees), and a lost object."""
+    from vos_core.inference.quality import estimate_quality
+    from vos_core.model import SHIPPED_CHECKPOINT, load_model
+
+    q = load_model(SHIPPED_CHECKPOINT).quality_model
+    assert q is not None and "ref_agreement" in q.signals
+    perfect = _signals(400, [10, 10, 20, 20], (20.0, 20.0), u=0.03, p=0.97, agree=0.95)
+    drift = _signals(1600, [0, 10, 80, 25], (45.0, 22.0), components=3, largest=900, u=0.15, p=0.9, agree=0.3)
+    lost = _signals(0, None, None, components=0, largest=0, u=0.0, agree=1.0)  # both reads leave it out
+    got = [estimate_quality(q, s) for s in (perfect, drift, lost)]
+    assert got[0] > 0.8 and got[1] < 0.5 and got[2] == 0.0
+    # lower agreement, all else equal: never a higher estimate
+    agreements = np.linspace(0, 1, 11)
+    curve = [estimate_quality(q, dict(perfect, ref_agreement=float(a))) for a in agreements]
+    assert np.all(np.diff(curve) >= -1e-12) and curve[-1] - curve[0] > 0.5

@@ -331,3 +331,68 @@ def test_the_decoder_under_bf16_autocast_stays_close_to_float32(model):
     off_grid = got[near_one].to(torch.bfloat16).float() != got[near_one]
     assert off_grid.float().mean() > 0.9
     assert (got[near_one] - want[near_one]).abs().max() < 1e-3
+
+
+def test_the_reference_read_compares_with_the_annotated_frame_alone_and_changes_no_mask(model):
+    """Each object's ``ref_agreement`` is the IoU of its rough mask from the bank's read with the one from its
+    annotated frame's memory alone: exactly 1 at frame 1 (the bank holds only the annotated frame then),
+    in [0, 1] always, below 1 once the bank holds predictions; turning the read off leaves every mask and
+    probability as it was and the signal None."""
+    ann = _two_objects()
+    frames = list(frames_of(6))
+    on, off = (list(Segmenter(model, reference_read=flag).run(frames, {0: ann})) for flag in (True, False))
+    assert [o.signals["ref_agreement"] for o in on[1].stats.objects[1:]] == [1.0, 1.0]
+    agreements = [o.signals["ref_agreement"] for r in on[2:] for o in r.stats.objects[1:]]
+    assert all(0.0 <= a <= 1.0 for a in agreements) and min(agreements) < 1.0
+    for a, b in zip(on, off):
+        assert np.array_equal(a.probs, b.probs) and np.array_equal(a.mask, b.mask)
+        assert all(o.signals["ref_agreement"] is None for o in b.stats.objects[1:])
+
+
+def test_the_reference_memory_holds_the_given_frames_only(model):
+    """New objects bring their first frame; a correction replaces its object's; predictions never enter."""
+    frames = list(frames_of(6))
+    ann = _two_objects()
+    later = np.zeros((60, 90), np.uint8)
+    later[40:55, 5:20] = 3  # a third object from frame 2
+    fix = np.zeros((60, 90), np.uint8)
+    fix[5:20, 60:85] = 1  # object 1 corrected at frame 4
+    seg = Segmenter(model, budget=20_000)
+    session = seg.start()
+    list(seg.run(frames, {0: ann, 2: later}, corrections={4: fix}, session=session))
+    ref = session.reference
+    assert [float(o.added.min()) for o in ref.objects] == [0.0, 4.0, 0.0, 2.0]
+    assert all(float(o.added.max()) == float(o.added.min()) for o in ref.objects)  # one frame each
+    assert ref.sizes() == [4 * 6] * 4  # one 64x96 (padded) frame's keys at stride 16, nothing merged away
+
+
+def test_mask_agreement_is_the_iou_of_the_label_maps():
+    from vos_core.inference.session import mask_agreement
+
+    def onehot(labels, k=3):
+        return torch.nn.functional.one_hot(torch.as_tensor(labels), k).permute(2, 0, 1).float()
+
+    a = np.zeros((4, 6), np.int64)
+    a[0:2, 0:3] = 1  # 6 pixels
+    a[3, :] = 2
+    b = a.copy()
+    b[0:2, 0:3] = 0
+    b[0:2, 2:6] = 1  # object 1 moved: 8 pixels, 2 shared, 12 in the union
+    b[3, :] = 0  # object 2 lost
+    assert mask_agreement(onehot(a), onehot(b)) == pytest.approx([2 / 12, 0.0])
+    empty = np.zeros((4, 6), np.int64)
+    assert mask_agreement(onehot(empty), onehot(empty)) == [1.0, 1.0]  # both leave them out: they agree
+
+
+def test_decoding_with_the_rough_masks_changes_nothing_and_the_rough_decoder_matches(model):
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        q = model.encode_query(x)
+        read = torch.rand(2, 3, q.value.shape[1], q.shape16[0] * q.shape16[1])
+        plain = model.decode(read, q)
+        fg, rough = model.decode(read, q, with_rough=True)
+        alone = model.decode_rough(read, q)
+    assert torch.equal(plain, fg)
+    assert rough.shape == (2, 3, 32, 48) and torch.allclose(rough.sum(1), torch.ones(2, 32, 48), atol=1e-5)
+    assert torch.allclose(rough, alone, atol=1e-6)

@@ -1,14 +1,17 @@
 """``vos calibrate``: fit the per-frame quality estimate of a checkpoint on sequences with ground truth.
 
-    vos calibrate --checkpoint CKPT --data DAVIS_ROOT [--sequences a,b] [--sizes 240,180] --out CKPT_OUT
+    vos calibrate --checkpoint CKPT --data DAVIS_ROOT [--sequences a,b] [--sizes 240,180]
+        [--directions forward,backward] --out CKPT_OUT
 
 Runs the Segmenter over each sequence from its first-frame mask only (the semi-supervised protocol),
 records every later frame's per-object quality signals (``vos_core.inference.quality.SIGNALS``) and the
-true region J of that object's mask, fits a gradient-boosted tree ensemble (scikit-learn) mapping
+true region J of that object's mask, fits an estimator (scikit-learn: by default a linear score of three
+signals mapped to J by isotonic regression; ``--estimator gbr``: a gradient-boosted tree ensemble) mapping
 signals to J, reports how well it does on sequences it was not fitted on (grouped cross-validation),
 and writes a copy of the checkpoint carrying the fitted estimator (``quality``), which ``load_model``
-gives the Segmenter. Running at several working sizes gives more, and more varied, failures to learn
-from. Use sequences the model was not trained on.
+gives the Segmenter. Running at several working sizes, and backward in time as well (from the last
+frame's mask, which is again the semi-supervised protocol: one given mask), gives more, and more varied,
+failures to learn from. Use sequences the model was not trained on.
 """
 from __future__ import annotations
 
@@ -38,30 +41,40 @@ class Sample:
     object_id: int
     j: float  # true region J of the object's mask
     signals: dict
-    quality: float  # the model's current estimate (fitted or fallback)
+    quality: float | None  # the model's current estimate (fitted or fallback)
+    direction: str = "forward"  # forward: from the first frame's mask; backward: from the last frame's
+
+
+DIRECTIONS = ("forward", "backward")
 
 
 def collect(model, root: str, sequences=None, sizes=(240,), max_frames: int | None = None,
-            config: SegmenterConfig | None = None, progress=None) -> list[Sample]:
-    """Per-frame, per-object signals and true J over DAVIS-layout sequences (first-frame mask only)."""
+            config: SegmenterConfig | None = None, progress=None, directions=("forward",)) -> list[Sample]:
+    """Per-frame, per-object signals and true J over DAVIS-layout sequences, from one given mask per run:
+    the first frame's (forward), or the last frame's with the frames in reverse order (backward)."""
+    unknown = set(directions) - set(DIRECTIONS)
+    if unknown:
+        raise ValueError(f"unknown directions {sorted(unknown)} (choose from {list(DIRECTIONS)})")
     index = DavisIndex(root, sequences=list(sequences) if sequences else None)
     out = []
     for seq in index.sequences:
         stems = index.frames[seq][:max_frames] if max_frames else index.frames[seq]
         data = [index.load(seq, st, cache=False) for st in stems]
-        first = data[0][1]
-        for size in sizes:
-            seg = Segmenter(model, (config or SegmenterConfig()).replace(size=size, keep_probs=False,
-                                                                          keep_uncertainty=False))
-            for r in seg.run((d[0] for d in data), {0: first}):
-                if r.index == 0:
-                    continue
-                gt = data[r.index][1]
-                for o in r.stats.objects[1:]:
-                    out.append(Sample(seq, size, r.index, o.object_id,
-                                      db_eval_iou(gt == o.object_id, r.mask == o.object_id), o.signals, o.quality))
-            if progress:
-                progress(seq, size)
+        for direction in directions:
+            order = list(range(len(data))) if direction == "forward" else list(range(len(data)))[::-1]
+            for size in sizes:
+                seg = Segmenter(model, (config or SegmenterConfig()).replace(size=size, keep_probs=False,
+                                                                              keep_uncertainty=False))
+                for r in seg.run((data[t][0] for t in order), {0: data[order[0]][1]}):
+                    if r.index == 0:
+                        continue
+                    t = order[r.index]
+                    gt = data[t][1]
+                    for o in r.stats.objects[1:]:
+                        out.append(Sample(seq, size, t, o.object_id, db_eval_iou(gt == o.object_id, r.mask == o.object_id),
+                                          o.signals, o.quality, direction))
+                if progress:
+                    progress(seq, size, direction)
     return out
 
 
@@ -82,13 +95,13 @@ def scores(j: np.ndarray, pred: np.ndarray, bad_below: float = 0.5) -> dict:
 
 
 #: The estimators ``vos calibrate`` can fit; the first is the default (the shipped weights carry one).
-#: linear-isotonic cross-validates better on the six calibration sequences, but ranked DAVIS-2016 val
-#: slightly worse and under-rates small objects (BENCHMARKS.md, "Estimators"), so it is the option.
-ESTIMATORS = ("gbr", "linear-isotonic")
-#: The signals of the linear-isotonic estimator: confidence (mean probability, U) and the mask's shape
-#: (its largest component's share, its components, its area against the annotation's). Chosen by
-#: leave-one-sequence-out cross-validation on the calibration sequences (bench_quality_estimators.py).
-LINEAR_SIGNALS = ("mean_prob", "u_mean", "largest_frac", "components", "log_area_ref")
+#: linear-isotonic cross-validates best by sequence on the calibration sequences (leave-one-sequence-out,
+#: benchmarks/bench_quality_estimators.py, BENCHMARKS.md "Estimators"); gbr is a tree ensemble over every signal.
+ESTIMATORS = ("linear-isotonic", "gbr")
+#: The signals of the linear-isotonic estimator: the agreement with the annotated frame's read (how far the
+#: mask is what the given mask alone gives), and confidence (mean probability over the mask, U over its band).
+#: Chosen by leave-one-sequence-out cross-validation on the calibration sequences.
+LINEAR_SIGNALS = ("ref_agreement", "mean_prob", "u_mean")
 
 
 def fit_estimator(kind: str, x: np.ndarray, y: np.ndarray, signals=LINEAR_SIGNALS):
@@ -153,13 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", help="DAVIS-layout root with every frame's ground truth (not with --from-samples)")
     ap.add_argument("--sequences", default="", help="comma-separated (default: all); never the ones you report on")
     ap.add_argument("--sizes", default="240", help="working sizes to run at (comma-separated; 0: input size)")
+    ap.add_argument("--directions", default="forward,backward",
+                    help="run each sequence forward from its first frame's mask and/or backward from its last's")
     ap.add_argument("--max-frames", type=int, default=0, help="frames per sequence (0: all)")
     ap.add_argument("--out", required=True, help="the calibrated checkpoint to write")
     ap.add_argument("--samples", help="also write the collected samples here (JSON Lines)")
     ap.add_argument("--from-samples", help="fit on samples an earlier --samples wrote instead of segmenting --data")
     ap.add_argument("--estimator", choices=ESTIMATORS, default=ESTIMATORS[0],
-                    help="linear-isotonic: a linear score of a few signals and a monotone curve to J; gbr: a "
-                         "gradient-boosted tree ensemble over every signal")
+                    help=f"linear-isotonic: a linear score of {', '.join(LINEAR_SIGNALS)} and a monotone curve "
+                         "to J; gbr: a gradient-boosted tree ensemble over every signal")
     ap.add_argument("--threads", type=int, default=2)
     return ap
 
@@ -181,7 +196,8 @@ def main(argv=None) -> int:
         model = load_model(a.checkpoint)
         sizes = [int(s) or None for s in a.sizes.split(",") if s.strip()]
         samples = collect(model, a.data, [s for s in a.sequences.split(",") if s] or None, sizes, a.max_frames or None,
-                          progress=lambda q, z: print(f"  {q} at size {z or 'input'}", file=sys.stderr))
+                          progress=lambda q, z, d: print(f"  {q} at size {z or 'input'}, {d}", file=sys.stderr),
+                          directions=[d for d in a.directions.split(",") if d])
     if len(samples) < 20:
         print(f"vos calibrate: error: only {len(samples)} frames with ground truth: too few to fit", file=sys.stderr)
         return 2

@@ -36,6 +36,10 @@ class SegmenterConfig:
     keep_uncertainty: bool = True  # FrameResult.uncertainty: the H×W U map
     #: U above which a pixel counts as uncertain (frame statistic u_frac_uncertain)
     u_threshold: float = 0.5
+    #: also decode each frame from each object's annotated frame alone (its memory of the frame where its mask
+    #: was given) and compare: the quality estimate's strongest signal (``ref_agreement``). Costs one more
+    #: decoder pass per frame; off, a fitted estimate that reads the signal gives no quality (null)
+    reference_read: bool = True
     # -- runtime --
     #: network precision: fp32 (exact), or bf16/fp16 autocast of the convolutions (the bank, its products,
     #: the decoder's heads and the URR arithmetic stay fp32)
@@ -108,6 +112,9 @@ def add_arguments(parser, *, runtime: bool = True) -> None:
                         help=f"U above which a pixel counts as uncertain (default {d.u_threshold})")
     parser.add_argument("--resize-annotations", action="store_true",
                         help="resize an annotation whose size differs from its frame (nearest) instead of refusing it")
+    parser.add_argument("--no-reference-read", dest="reference_read", action="store_false", default=d.reference_read,
+                        help="skip the second decoding of each frame from the annotated frame's memory alone "
+                             "(faster; the quality estimate then has no value where it reads that agreement)")
     if runtime:
         parser.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                             help=f"network precision (autocast); fp32 is exact (default {d.precision})")
@@ -117,8 +124,8 @@ def add_arguments(parser, *, runtime: bool = True) -> None:
 
 def from_args(args: argparse.Namespace, **overrides) -> SegmenterConfig:
     """SegmenterConfig from options added by :func:`add_arguments` (absent ones keep their defaults)."""
-    names = ("size", "budget", "merge_thres", "update_rate", "u_threshold", "resize_annotations", "precision",
-             "compile")
+    names = ("size", "budget", "merge_thres", "update_rate", "u_threshold", "resize_annotations", "reference_read",
+             "precision", "compile")
     values = {n: getattr(args, n) for n in names if hasattr(args, n)}
     values["resize_annotations"] = bool(values.get("resize_annotations", False))
     values.update(overrides)

@@ -141,6 +141,13 @@ class FeatureBank:
         """The memory factory the Segmenter uses by default (kept in fp32 whatever the precision)."""
         return cls(keydim, valdim, config.budget, config.merge_thres, config.update_rate, device=device)
 
+    @classmethod
+    def reference(cls, keydim: int, valdim: int, device="cpu") -> "FeatureBank":
+        """A memory of each object's annotated frame only (the frame its mask was given at), for the second
+        read the quality estimate compares against: fed by ``add_objects`` (and ``reset`` + ``update`` on a
+        correction), never by predictions. Unbounded (one frame per object) and never merging."""
+        return cls(keydim, valdim, budget=1 << 40, merge_thres=2.0, update_rate=0.0, device=device)
+
     # -- shape ---------------------------------------------------------------
     @property
     def num_objects(self) -> int:

@@ -1,8 +1,11 @@
 """The per-frame quality estimate: the predicted region J (IoU with the true mask) of each object's mask.
 
-Quality is a pure function of per-frame signals the segmenter already has: the uncertainty and probability
-statistics of the object, and how its mask compares with the mask it was last given (its annotation or
-correction: area, box, position) and with the previous frame's. :func:`object_signals` computes them;
+Quality is a pure function of per-frame signals the segmenter already has or gets cheaply: the uncertainty
+and probability statistics of the object, how its mask compares with the mask it was last given (its
+annotation or correction: area, box, position) and with the previous frame's, and how far it agrees with a
+second opinion: the mask decoded from the memory of the object's annotated frame alone (``ref_agreement``,
+the strongest single signal: a mask that drifted onto the background was memorised, so the full bank agrees
+with it, but the annotated frame does not). :func:`object_signals` computes them;
 a fitted estimator (``vos calibrate``, on sequences with ground truth, stored in the checkpoint as plain
 tensors) maps them to a J estimate in [0, 1]: a :class:`QualityModel` (a small gradient-boosted tree
 ensemble: ``vos calibrate``'s default and the shipped weights') or a :class:`LinearIsotonicModel` (a linear
@@ -21,7 +24,7 @@ import torch
 SIGNALS = (
     "u_mean", "u_p95", "mean_prob", "band_ratio", "empty",
     "log_area_ref", "log_bbox_ref", "log_width_ref", "log_height_ref", "shift_ref",
-    "log_area_prev", "shift_prev", "components", "largest_frac", "log_frames_since_ref",
+    "log_area_prev", "shift_prev", "components", "largest_frac", "log_frames_since_ref", "ref_agreement",
 )
 QUALITY_FORMAT = 1  # the tree ensemble (QualityModel)
 LINEAR_ISOTONIC_FORMAT = 2  # a linear score mapped to J by an isotonic curve (LinearIsotonicModel)
@@ -59,9 +62,10 @@ def _shift(c, ref: MaskShape) -> float:
 
 
 def object_signals(stats, shape: MaskShape, track: ObjectTrack, components: int, largest: int,
-                   frame_index: int) -> dict[str, float]:
+                   frame_index: int, ref_agreement: float | None = None) -> dict[str, float | None]:
     """The signals of one object at one frame. ``stats``: its ObjectStats; ``components``/``largest``:
-    connected components of its mask and the area of the largest."""
+    connected components of its mask and the area of the largest; ``ref_agreement``: IoU of its mask with
+    the one decoded from its annotated frame's memory alone (None when that read is off)."""
     ref, prev = track.reference, track.previous
     area = shape.area
     w, h = (shape.bbox[2], shape.bbox[3]) if shape.bbox else (0, 0)
@@ -82,16 +86,32 @@ def object_signals(stats, shape: MaskShape, track: ObjectTrack, components: int,
         "components": float(components),
         "largest_frac": largest / area if area else 0.0,
         "log_frames_since_ref": math.log1p(max(0, frame_index - track.reference_frame)),
+        "ref_agreement": None if ref_agreement is None else float(ref_agreement),
     }
+
+
+def estimate_quality(estimator, s: dict) -> float | None:
+    """``estimator(s)``; 0 for an empty mask (a tracked object that vanished is for a person to confirm: it
+    may have left the scene, or been lost, and no signal tells which); None when a signal the estimator
+    reads is missing (``ref_agreement`` with the reference read turned off): an estimate without its inputs
+    would be a number that means nothing."""
+    needed = getattr(estimator, "signals", ())
+    if any(s.get(k) is None for k in needed):
+        return None
+    if s.get("empty"):
+        return 0.0
+    return float(estimator(s))
 
 
 def fallback_quality(s: dict[str, float]) -> float:
     """The uncalibrated rule for checkpoints without a fitted estimator: confidence (mean probability
-    times 1 - U) discounted by how far the mask's area and box have moved from the last given mask.
+    times 1 - U, times the agreement with the annotated frame's read when there is one) discounted by how far the mask's area and box have moved from the last given mask.
     A heuristic, not a fitted J: use ``vos calibrate`` for numbers that mean something."""
     if s["empty"]:
         return 0.0
     confidence = s["mean_prob"] * (1.0 - s["u_mean"])
+    if s.get("ref_agreement") is not None:  # the annotated frame's own opinion, when it was read
+        confidence *= s["ref_agreement"]
     drift = abs(s["log_area_ref"]) + abs(s["log_bbox_ref"]) + 0.5 * s["shift_ref"]
     return float(max(0.0, min(1.0, confidence * math.exp(-0.5 * drift) * (s["largest_frac"] ** 0.5))))
 

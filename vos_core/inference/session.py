@@ -2,7 +2,9 @@
 
 A step (frame t): memorise frame t-1 with its soft mask into the feature bank (now that t-1 is known
 not to be the last frame), query-encode frame t, read the bank, decode, soft-aggregate over objects,
-apply frame t's annotation if it brings new objects (or corrections), and return the result.
+apply frame t's annotation if it brings new objects (or corrections), and return the result. With
+``reference_read`` (the default), frame t is also decoded from the memory of each object's annotated frame
+alone; how far that mask agrees with the result is a quality signal (``ref_agreement``).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from ..errors import AnnotationError, VOSInputError
 from ..model.decoder import full_precision, uncertainty_map
 from ..model.network import soft_aggregate
 from .preprocess import annotation_at, check_frame, frame_tensor, pad_to_multiple, unpad, working_size
-from .quality import MaskShape, ObjectTrack, object_signals
+from .feature_bank import FeatureBank
+from .quality import MaskShape, ObjectTrack, estimate_quality, object_signals
 from .stats import FrameStats, compute_stats
 
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -77,6 +80,8 @@ class VideoSession:
         self.segmenter = segmenter
         self.config = segmenter.config
         self.memory = None  # built at the first memorisation by the segmenter's memory factory
+        #: each object's annotated frame alone (config.reference_read): the second opinion for quality
+        self.reference: FeatureBank | None = None
         self.object_ids: list[int] = [0]
         self.in_hw: tuple[int, int] | None = None
         self.work_hw: tuple[int, int] | None = None
@@ -132,15 +137,20 @@ class VideoSession:
         seg = self.segmenter
         r.x, r.pad = pad_to_multiple(frame_tensor(frame, work_hw, seg.device, seg.dtype, self.config.channels_last))
 
-    def _finish(self, r: "StepRequest", fg: torch.Tensor | None) -> FrameResult:
-        """From the decoded per-object probabilities (None for the first frame) to the frame's result."""
+    def _finish(self, r: "StepRequest", fg: torch.Tensor | None, roughs: tuple | None = None) -> FrameResult:
+        """From the decoded per-object probabilities (None for the first frame), and the rough masks of the
+        bank's read and of the annotated frames' read (None without the reference read), to the result."""
         seg = self.segmenter
         self.in_hw, self.work_hw = r.in_hw, r.work_hw
         n_banked = len(self.object_ids)
+        agreement = {}
         if fg is None:
             probs = torch.zeros(0, *self.work_hw, device=seg.device, dtype=seg.dtype)
         else:
             probs = soft_aggregate(unpad(fg, r.pad).float())
+            if roughs is not None:
+                full = [unpad(F.interpolate(x[None].float(), scale_factor=2, mode="nearest")[0], r.pad) for x in roughs]
+                agreement = dict(zip(self.object_ids[1:], mask_agreement(*full)))
         if r.new_ids:
             self.object_ids = self.object_ids + r.new_ids
             probs = apply_masks(probs, r.ann, self.object_ids, r.new_ids)
@@ -152,7 +162,7 @@ class VideoSession:
         self._pending = _Pending(r.x, probs, n_banked if not r.first else 0, r.index, reset)
         self.last_index = r.index
         return self._result(r.index, probs, annotated=bool(r.new_ids or r.fixed_ids), new_objects=r.new_ids,
-                            corrected=r.fixed_ids)
+                            corrected=r.fixed_ids, agreement=agreement)
 
     # -- annotations ----------------------------------------------------------
     def _new_objects(self, annotation, in_hw, work_hw, source: str, first: bool):
@@ -194,9 +204,24 @@ class VideoSession:
             self.memory.update(keys[: p.n_banked], values[: p.n_banked], p.index, objects=list(range(p.n_banked)))
         if keys.shape[0] > p.n_banked:
             self.memory.add_objects(keys[p.n_banked:], values[p.n_banked:], p.index)
+        if self.config.reference_read:
+            self._remember_given(p, keys, values)
+
+    def _remember_given(self, p: _Pending, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """The reference memory takes the frames where masks were given: new objects' first frames, and the
+        frames of corrections (which replace what it held for those objects)."""
+        if self.reference is None:
+            cfg = self.segmenter.model.config
+            self.reference = FeatureBank.reference(cfg.keydim, cfg.valdim, self.segmenter.device)
+        if p.reset:
+            self.reference.reset(p.reset)
+            self.reference.update(keys[p.reset], values[p.reset], p.index, objects=p.reset)
+        if keys.shape[0] > p.n_banked:
+            self.reference.add_objects(keys[p.n_banked:], values[p.n_banked:], p.index)
 
     # -- output ---------------------------------------------------------------
-    def _result(self, t: int, probs: torch.Tensor, annotated: bool, new_objects, corrected) -> FrameResult:
+    def _result(self, t: int, probs: torch.Tensor, annotated: bool, new_objects, corrected,
+                agreement: dict | None = None) -> FrameResult:
         cfg = self.config
         if self.work_hw != self.in_hw:
             probs = F.interpolate(probs.unsqueeze(0).float(), size=self.in_hw, mode="bilinear", align_corners=False)[0]
@@ -209,7 +234,7 @@ class VideoSession:
         ids = self.object_ids
         lut = np.asarray(ids, dtype=np.uint16 if max(ids) > 255 else np.uint8)
         mask = lut[labels.cpu().numpy()]
-        self._assess(t, mask, stats, given=set(new_objects) | set(corrected))
+        self._assess(t, mask, stats, given=set(new_objects) | set(corrected), agreement=agreement or {})
         return FrameResult(
             index=t, object_ids=list(ids), mask=mask,
             # a copy: at input size ``probs`` is the very tensor memorised at the next step
@@ -219,9 +244,10 @@ class VideoSession:
         )
 
 
-    def _assess(self, t: int, mask: np.ndarray, stats: FrameStats, given: set[int]) -> None:
+    def _assess(self, t: int, mask: np.ndarray, stats: FrameStats, given: set[int], agreement: dict) -> None:
         """Fills each object's components, quality signals and quality estimate; updates its track
-        (an object whose mask was given at this frame takes it as its new reference)."""
+        (an object whose mask was given at this frame takes it as its new reference). ``agreement``:
+        object id -> IoU with the reference read's mask (empty without it)."""
         estimate = self.segmenter.quality
         for o in stats.objects[1:]:
             shape = MaskShape(o.area, o.bbox, tuple(o.centroid) if o.centroid else None)
@@ -230,9 +256,21 @@ class VideoSession:
             track = self.tracks.get(o.object_id)
             if track is None or o.object_id in given:
                 track = self.tracks[o.object_id] = ObjectTrack(shape, t)
-            o.signals = object_signals(o, shape, track, n, largest, t)
-            o.quality = 1.0 if o.object_id in given else estimate(o.signals)
+            o.signals = object_signals(o, shape, track, n, largest, t, agreement.get(o.object_id))
+            o.quality = 1.0 if o.object_id in given else estimate_quality(estimate, o.signals)
             track.previous = shape
+
+
+def mask_agreement(probs: torch.Tensor, other: torch.Tensor) -> list[float]:
+    """Per object (rows 1.., background excluded) the IoU of the label maps of two K×h×w probability maps;
+    1 where both leave the object out. At working size: a ratio of areas, so the resolution hardly matters."""
+    k = probs.shape[0]
+    ids = torch.arange(k, device=probs.device).view(k, 1, 1)
+    a, b = probs.max(0).indices == ids, other.max(0).indices == ids
+    inter = (a & b).flatten(1).sum(1)
+    union = (a | b).flatten(1).sum(1)
+    iou = torch.where(union > 0, inter.double() / union.clamp(min=1), torch.ones_like(union, dtype=torch.double))
+    return iou[1:].cpu().tolist()
 
 
 def _components(binary: np.ndarray) -> tuple[int, int]:
@@ -313,6 +351,7 @@ def step_many(requests: list[StepRequest]) -> list:
                     r.session._pending = None
         # 2. query-encode the new frames, read each stream's memory, decode
         fgs: dict[int, torch.Tensor] = {}
+        roughs: dict[int, tuple] = {}  # the rough masks of the bank's read and of the reference read
         queried = [(i, r) for i, r in live if not r.first]
         for group in _groups(queried, lambda ir: tuple(ir[1].x.shape)):
             q = model.encode_query(torch.cat([r.x for _, r in group]))
@@ -321,12 +360,22 @@ def step_many(requests: list[StepRequest]) -> list:
             # compares cosines against 0.95.
             with full_precision(q.key):
                 reads = [r.session.memory.read(q.key[j].float()) for j, (_, r) in enumerate(group)]
+                # the second opinion: the annotated frames alone (no usage counted: it is not the bank)
+                refs = [r.session.reference.read(q.key[j].float(), count_usage=False)
+                        if r.session.reference is not None else None for j, (_, r) in enumerate(group)]
             rows = list(range(len(group)))
-            for sub in _groups(rows, lambda j: reads[j].shape[0]):
-                fg = model.decode(torch.stack([reads[j] for j in sub]), q.take(sub))
+            for sub in _groups(rows, lambda j: (reads[j].shape[0], refs[j] is not None)):
+                qs = q.take(sub)
+                if refs[sub[0]] is None:
+                    fg = model.decode(torch.stack([reads[j] for j in sub]), qs)
+                else:  # the rough masks of both reads: like against like, and the refinement is 3/4 of the cost
+                    fg, rough = model.decode(torch.stack([reads[j] for j in sub]), qs, with_rough=True)
+                    rough_ref = model.decode_rough(torch.stack([refs[j] for j in sub]), qs)
                 for n, j in enumerate(sub):
                     fgs[group[j][0]] = fg[n]
+                    if refs[sub[0]] is not None:
+                        roughs[group[j][0]] = (rough[n], rough_ref[n])
         # 3. annotations, the result, and this frame becomes the stream's pending memory
         for i, r in live:
-            out[i] = r.session._finish(r, fgs.get(i))
+            out[i] = r.session._finish(r, fgs.get(i), roughs.get(i))
     return out

@@ -78,11 +78,38 @@ class Decoder(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, readout, r3, r2, r1, num_objects: int, logits: bool = False):
+    def forward(self, readout, r3, r2, r1, num_objects: int, logits: bool = False, with_rough: bool = False):
         """readout: (B·K)×2valdim×h16×w16, the K objects of each of B frames as consecutive rows; r3, r2,
         r1: the B query frames' features (broadcast over their objects).
         Returns per-object foreground probabilities (B·K)×H×W at the input resolution, or with ``logits``
-        their log-odds log(p / (1 - p)) (what training aggregates: exact where p saturates in float)."""
+        their log-odds log(p / (1 - p)) (what training aggregates: exact where p saturates in float); with
+        ``with_rough`` also the rough masks before the refinement (see :meth:`rough`)."""
+        p, rough = self._global(readout, r3, r2, num_objects)
+        k = num_objects
+        bk, _, h, w = p.shape
+        with full_precision(p):
+            u = uncertainty_map(rough).expand(-1, k, -1, -1).reshape(bk, 1, h, w)
+            rough_rows = rough.reshape(bk, 1, h, w)
+
+            pad = self.LOCAL // 2
+            # Mean of r1 over the object's 7x7 neighbourhood, weighted by its rough mask.
+            # (AvgPool counts padded zeros, as the official nn.AvgPool2d does.)
+            r1_rows = upcast(per_frame(r1, k))
+            num = F.avg_pool2d(r1_rows * rough_rows, self.LOCAL, 1, pad)
+            den = F.avg_pool2d(rough_rows, self.LOCAL, 1, pad)
+            r1_local = num / (den + 1e-8)
+            conf = F.max_pool2d(rough_rows, self.LOCAL, 1, pad)
+        out = self._refine(p, u, conf, r1_rows, r1_local, logits)
+        return (out, rough) if with_rough else out
+
+    def rough(self, readout, r3, r2, num_objects: int):
+        """The rough masks alone, without the uncertain-region refinement (about a quarter of the decoder's
+        cost): B×K×H/2×W/2 probabilities, normalised over each frame's K objects."""
+        return self._global(readout, r3, r2, num_objects)[1]
+
+    def _global(self, readout, r3, r2, num_objects: int):
+        """The global branch: 2-channel logits at 1/2 resolution ((B·K)×2×H/2×W/2) and the rough masks
+        B×K×H/2×W/2 (object-normalised)."""
         p = self.ResMM(self.convFM(readout))
         p = self.RF3(r3, p)
         p = self.RF2(r2, p)
@@ -93,22 +120,14 @@ class Decoder(nn.Module):
         with full_precision(p):
             p = self.pred2(upcast(F.relu(p)))  # 1/4, 2 ch logits
             p = F.interpolate(p, scale_factor=2, mode="bilinear", align_corners=False)  # 1/2
-
             bk, _, h, w = p.shape
             k = num_objects
             rough = F.softmax(p, dim=1)[:, 1].view(bk // k, k, h, w)
             rough = F.softmax(rough, dim=1)  # object-level normalisation
-            u = uncertainty_map(rough).expand(-1, k, -1, -1).reshape(bk, 1, h, w)
-            rough = rough.reshape(bk, 1, h, w)
+        return p, rough
 
-            pad = self.LOCAL // 2
-            # Mean of r1 over the object's 7x7 neighbourhood, weighted by its rough mask.
-            # (AvgPool counts padded zeros, as the official nn.AvgPool2d does.)
-            r1_rows = upcast(per_frame(r1, k))
-            num = F.avg_pool2d(r1_rows * rough, self.LOCAL, 1, pad)
-            den = F.avg_pool2d(rough, self.LOCAL, 1, pad)
-            r1_local = num / (den + 1e-8)
-            conf = F.max_pool2d(rough, self.LOCAL, 1, pad)
+    def _refine(self, p, u, conf, r1_rows, r1_local, logits: bool):
+        """The uncertain-region refinement: a local correction of the logits where U is high."""
         q = self.local_ResMM(self.local_convFM(torch.cat([r1_rows, r1_local], dim=1)))
         with full_precision(q):
             q = conf * self.local_pred2(upcast(F.relu(q)))

@@ -87,14 +87,27 @@ class AFBURR(nn.Module):
         Returns B×K×valdim×N."""
         return memory_read(query_key.unsqueeze(1), mem_keys, mem_values)
 
-    def decode(self, readout: torch.Tensor, q: QueryFeatures, logits: bool = False) -> torch.Tensor:
+    def decode(self, readout: torch.Tensor, q: QueryFeatures, logits: bool = False, with_rough: bool = False):
         """readout: B×K×valdim×N memory read per object. Returns B×K×H×W per-object foreground
-        probabilities (before soft aggregation), or with ``logits`` their log-odds (training)."""
+        probabilities (before soft aggregation), or with ``logits`` their log-odds (training); with
+        ``with_rough`` also the rough masks before the refinement, B×K×H/2×W/2 (see :meth:`decode_rough`)."""
+        b, k = readout.shape[:2]
+        fg = self.decoder(self._decoder_input(readout, q), q.r3, q.r2, q.r1, k, logits=logits, with_rough=with_rough)
+        if with_rough:
+            fg, rough = fg
+            return fg.view(b, k, *fg.shape[1:]), rough
+        return fg.view(b, k, *fg.shape[1:])
+
+    def decode_rough(self, readout: torch.Tensor, q: QueryFeatures) -> torch.Tensor:
+        """The decoder's rough masks only (no uncertain-region refinement): B×K×H/2×W/2 probabilities,
+        normalised over the K objects. A cheap second opinion (the quality estimate's reference read)."""
+        return self.decoder.rough(self._decoder_input(readout, q), q.r3, q.r2, readout.shape[1])
+
+    @staticmethod
+    def _decoder_input(readout: torch.Tensor, q: QueryFeatures) -> torch.Tensor:
         b, k = readout.shape[:2]
         h, w = q.shape16
-        x = torch.cat([readout, q.value.unsqueeze(1).expand(-1, k, -1, -1)], dim=2).view(b * k, -1, h, w)
-        fg = self.decoder(x, q.r3, q.r2, q.r1, k, logits=logits)
-        return fg.view(b, k, *fg.shape[1:])
+        return torch.cat([readout, q.value.unsqueeze(1).expand(-1, k, -1, -1)], dim=2).view(b * k, -1, h, w)
 
 
 def soft_aggregate(fg: torch.Tensor, dim: int = 0) -> torch.Tensor:
