@@ -26,51 +26,29 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "davis16-val-public"
-
 
 def main(argv=None) -> int:
-    import torch
-
     import vos_core.inference.feature_bank as feature_bank
+    from benchmarks import sequence_ab
     from benchmarks.bench_precision import segment
     from vos_core import SegmenterConfig
-    from vos_core.model import SHIPPED_CHECKPOINT, load_model
-    from vos_train.data import DavisIndex
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT)
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
-    ap.add_argument("--sequence", default="car-shadow")
-    ap.add_argument("--frames", type=int, default=12)
-    ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each")
-    ap.add_argument("--threads", type=int, default=2)
+    sequence_ab.add_arguments(ap)
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    from benchmarks.machine import command_line, describe_machine
-
-    print(f"command: {command_line()}")
-    print(f"machine: {describe_machine(a.threads)}", flush=True)
-    model = load_model(a.checkpoint)
-    index = DavisIndex(a.data, sequences=[a.sequence])
-    pairs = [index.load(a.sequence, s, cache=False) for s in index.frames[a.sequence][: a.frames]]
-    frames, first = [p[0] for p in pairs], pairs[0][1]
+    model, frames, first = sequence_ab.load(a)
     config = SegmenterConfig(keep_probs=False, keep_uncertainty=False)
     dropping = feature_bank.drop_subnormal_
-    modes = {"dropped (default)": dropping, "kept": lambda attn: attn}
-    runs = {m: [] for m in modes}
-    steps = {m: [] for m in modes}
-    masks = {}
-    for _ in range(a.repeats):
-        for name, fn in modes.items():
-            feature_bank.drop_subnormal_ = fn
-            try:
-                m, seconds, st = segment(model, frames, first, "fp32", None)
-            finally:
-                feature_bank.drop_subnormal_ = dropping
-            runs[name].append(seconds)
-            steps[name] += st[1:]  # the annotated frame's step is no segmentation
-            masks.setdefault(name, m)
+
+    def run_with(fn):
+        feature_bank.drop_subnormal_ = fn
+        try:
+            return segment(model, frames, first, "fp32", None)
+        finally:
+            feature_bank.drop_subnormal_ = dropping
+
+    modes = {"dropped (default)": lambda: run_with(dropping), "kept": lambda: run_with(lambda attn: attn)}
+    runs, steps, masks = sequence_ab.alternate(modes, a.repeats)
     h, w = frames[0].shape[:2]
     print(f"\n{a.sequence}: {len(frames)} frames {w}x{h}, working size {config.working_size_for(model) or 'input'}, "
           f"checkpoint {a.checkpoint}, fp32, {a.threads} threads, {a.repeats} alternating runs each")

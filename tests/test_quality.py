@@ -237,3 +237,22 @@ def test_the_shipped_estimate_on_constructed_cases():
     agreements = np.linspace(0, 1, 11)
     curve = [estimate_quality(q, dict(perfect, ref_agreement=float(a))) for a in agreements]
     assert np.all(np.diff(curve) >= -1e-12) and curve[-1] - curve[0] > 0.5
+
+
+def test_bench_reference_read_runs_and_finds_the_masks_unchanged():
+    """benchmarks/bench_reference_read.py on three frames at a small size: the table, and on and off agree
+    on every mask pixel (the second read changes no mask)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import require_shared
+
+    data = require_shared("davis16-val-public")
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_reference_read.py"), "--data", str(data),
+                        "--frames", "3", "--repeats", "1", "--size", "96", "--threads", "1"],
+                       capture_output=True, text=True, timeout=300, cwd=root)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| on") or line.startswith("| off")]
+    assert len(rows) == 2 and all(row.rstrip(" |").endswith("1.00000") for row in rows), p.stdout
