@@ -7,9 +7,9 @@ second opinion: the mask decoded from the memory of the object's annotated frame
 the strongest single signal: a mask that drifted onto the background was memorised, so the full bank agrees
 with it, but the annotated frame does not). :func:`object_signals` computes them;
 a fitted estimator (``vos calibrate``, on sequences with ground truth, stored in the checkpoint as plain
-tensors) maps them to a J estimate in [0, 1]: a :class:`QualityModel` (a small gradient-boosted tree
-ensemble: ``vos calibrate``'s default and the shipped weights') or a :class:`LinearIsotonicModel` (a linear
-score of five signals and a monotone curve: ``--estimator linear-isotonic``). A checkpoint
+tensors) maps them to a J estimate in [0, 1]: a :class:`LinearIsotonicModel` (a linear score of a few
+signals and a monotone curve: ``vos calibrate``'s default and the shipped weights') or a
+:class:`QualityModel` (a small gradient-boosted tree ensemble: ``--estimator gbr``). A checkpoint
 without one gets :func:`fallback_quality`, a fixed, uncalibrated rule (documented as such in the README).
 """
 from __future__ import annotations
@@ -205,8 +205,8 @@ class LinearIsotonicModel:
     """A linear score of standardised signals, mapped to J by a monotone piecewise-linear curve:
     prediction = clip(interp(((x - mean) / scale) @ coef + intercept, curve_x, curve_y), 0, 1). Fitted by
     ``vos calibrate`` (scikit-learn's Ridge, then IsotonicRegression); held as arrays, like QualityModel.
-    Few parameters: on six calibration sequences it generalised to a held-out sequence better than the
-    tree ensemble, but not on DAVIS-2016 val (benchmarks/bench_quality_estimators.py, BENCHMARKS.md)."""
+    Few parameters: with ``ref_agreement`` among its signals it generalises to a held-out calibration
+    sequence better than the tree ensemble (benchmarks/bench_quality_estimators.py, BENCHMARKS.md)."""
 
     def __init__(self, signals, mean, scale, coef, intercept: float, curve_x, curve_y, meta=None):
         self.signals = tuple(signals)
