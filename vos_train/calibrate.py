@@ -56,15 +56,17 @@ def collect(model, root: str, sequences=None, sizes=(240,), max_frames: int | No
     if unknown:
         raise ValueError(f"unknown directions {sorted(unknown)} (choose from {list(DIRECTIONS)})")
     index = DavisIndex(root, sequences=list(sequences) if sequences else None)
+    # one Segmenter per size (each prepares its own copy of the model), reused for every sequence and direction
+    segmenters = [(size, Segmenter(model, (config or SegmenterConfig()).replace(size=size, keep_probs=False,
+                                                                                keep_uncertainty=False)))
+                  for size in sizes]
     out = []
     for seq in index.sequences:
         stems = index.frames[seq][:max_frames] if max_frames else index.frames[seq]
         data = [index.load(seq, st, cache=False) for st in stems]
         for direction in directions:
             order = list(range(len(data))) if direction == "forward" else list(range(len(data)))[::-1]
-            for size in sizes:
-                seg = Segmenter(model, (config or SegmenterConfig()).replace(size=size, keep_probs=False,
-                                                                              keep_uncertainty=False))
+            for size, seg in segmenters:
                 for r in seg.run((data[t][0] for t in order), {0: data[order[0]][1]}):
                     if r.index == 0:
                         continue
