@@ -30,7 +30,7 @@ ORIENTED = {
     "-u_mean (object band)": ("u_mean", lambda s, q: -s["u_mean"]),
     "-u_p95 (object band)": ("u_p95", lambda s, q: -s["u_p95"]),
     "mean_prob": ("mean_prob", lambda s, q: s["mean_prob"]),
-    "agreement with the annotated frame's read": ("ref_agreement", lambda s, q: s["ref_agreement"]),
+    "agreement with the reference read": ("ref_agreement", lambda s, q: s["ref_agreement"]),
     "-band_ratio": ("band_ratio", lambda s, q: -s["band_ratio"]),
     "-|log area / area at annotation|": ("log_area_ref", lambda s, q: -abs(s["log_area_ref"])),
     "-|log box area / box at annotation|": ("log_bbox_ref", lambda s, q: -abs(s["log_bbox_ref"])),

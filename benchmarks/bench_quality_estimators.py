@@ -38,7 +38,7 @@ def candidates():
         return lambda x, y: make().fit(x, y).predict
 
     return {
-        "gradient boosting (`--estimator gbr`, the default; the shipped weights')": ours("gbr"),
+        "gradient boosting (`--estimator gbr`)": ours("gbr"),
         "gradient boosting, depth 2, leaves >= 20": sklearn(lambda: GradientBoostingRegressor(
             n_estimators=150, max_depth=2, learning_rate=0.05, subsample=0.8, min_samples_leaf=20, random_state=0)),
         "gradient boosting, Huber loss, depth 2": sklearn(lambda: GradientBoostingRegressor(
@@ -49,15 +49,13 @@ def candidates():
         "isotonic on mean_prob": ours("linear-isotonic", ("mean_prob",)),
         "isotonic on ref_agreement": ours("linear-isotonic", ("ref_agreement",)),
         "ridge + isotonic: ref_agreement, mean_prob": ours("linear-isotonic", ("ref_agreement", "mean_prob")),
-        "ridge + isotonic: ref_agreement, mean_prob, u_mean": ours("linear-isotonic",
-                                                                   ("ref_agreement", "mean_prob", "u_mean")),
         "ridge + isotonic: ref_agreement, mean_prob, largest_frac, components": ours(
             "linear-isotonic", ("ref_agreement", "mean_prob", "largest_frac", "components")),
         "ridge + isotonic: mean_prob, u_mean, largest_frac, components, log_area_ref": ours(
             "linear-isotonic", ("mean_prob", "u_mean", "largest_frac", "components", "log_area_ref")),
         "ridge + isotonic: those five and ref_agreement": ours(
             "linear-isotonic", ("mean_prob", "u_mean", "largest_frac", "components", "log_area_ref", "ref_agreement")),
-        f"ridge + isotonic: {', '.join(LINEAR_SIGNALS)} (`--estimator linear-isotonic`)":
+        f"ridge + isotonic: {', '.join(LINEAR_SIGNALS)} (`--estimator linear-isotonic`, the default)":
             ours("linear-isotonic"),
         "ridge + isotonic: every signal": ours("linear-isotonic", SIGNALS),
     }

@@ -3,8 +3,9 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_reference_read.py            # shipped weights, car-shadow
     python benchmarks/bench_reference_read.py --sequence motocross-jump --frames 12 --repeats 2
 
-With ``reference_read`` (the default) each frame is also read from the memory of each object's annotated
-frame alone and decoded to rough masks (the decoder without its uncertain-region refinement); the IoU of
+With ``reference_read`` (the default) each frame is also read from each object's reference memory (its
+annotated frame and up to ``reference_frames`` recent frames that agreed with it; give ``--frames`` 16 or
+more to see it full) and decoded to rough masks (the decoder without its uncertain-region refinement); the IoU of
 those with the bank's own rough masks is the quality signal ``ref_agreement``. "off" is
 ``--no-reference-read``. Both run the Segmenter (fp32, its defaults) on the same decoded frames, alternating,
 first-frame mask only. Columns: frames/s of the best whole run, 1 / median step time, the cost against off,

@@ -142,7 +142,8 @@ COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
         ("settings", pa.string(), "JSON object of every segmentation setting (the fields of "
          "`vos_core.SegmenterConfig`: `size`, the largest shorter side the model ran at with these weights "
          "(smaller inputs ran at their own size), 0 = the input size; `budget`, `merge_thres`, `update_rate`, `u_threshold`, `resize_annotations`, `reference_read` (false: no "
-         "`ref_agreement` signal, so a quality estimate that reads it is null), `precision` ...); query with "
+         "`ref_agreement` signal, so a quality estimate that reads it is null), `reference_frames`, "
+         "`reference_trust`, `reference_every` (the reference memory), `precision` ...); query with "
          "`json_extract`."),
         ("schema_version", pa.int32(), f"Version of this output schema ({SCHEMA_VERSION})."),
         _RUN_ID,

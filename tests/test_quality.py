@@ -154,9 +154,19 @@ def test_linear_isotonic_estimate_is_monotone_in_its_score_and_predicts_what_sci
     scaler = StandardScaler().fit(xs)
     ridge = Ridge(alpha=1.0).fit(scaler.transform(xs), y)
     score = ridge.predict(scaler.transform(xs))
-    want = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(score, y).predict(score)
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(score, y)
     got = predict(model, x)
-    assert np.allclose(got, want, atol=1e-9)
+    assert np.allclose(model.score(xs), score, atol=1e-9)
+    # the curve passes through the centre of each of scikit-learn's constant blocks, at that block's level
+    levels = np.unique(iso.y_thresholds_)
+    assert np.allclose(model.curve_y, levels) and len(model.curve_x) == len(levels)
+    for cx, cy in zip(model.curve_x, model.curve_y):
+        xb = iso.X_thresholds_[iso.y_thresholds_ == cy]
+        assert cx == pytest.approx(xb.mean()) and iso.predict([cx])[0] == pytest.approx(cy)
+    # and it is strictly increasing between its ends: scores there keep their order (no ties)
+    inside = (score > model.curve_x[0]) & (score < model.curve_x[-1])
+    assert inside.sum() > 300 and len(np.unique(got[inside])) == len(np.unique(score[inside]))
+    assert np.abs(got - iso.predict(score)).mean() < 0.03  # and close to the step curve it smooths
     # higher mean_prob, lower U: never a lower estimate (a monotone curve over a score with these signs)
     assert model.coef[signals.index("mean_prob")] > 0 > model.coef[signals.index("u_mean")]
     order = np.argsort(model.score(xs))

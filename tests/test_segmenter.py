@@ -333,9 +333,9 @@ def test_the_decoder_under_bf16_autocast_stays_close_to_float32(model):
     assert (got[near_one] - want[near_one]).abs().max() < 1e-3
 
 
-def test_the_reference_read_compares_with_the_annotated_frame_alone_and_changes_no_mask(model):
+def test_the_reference_read_compares_with_the_reference_memory_and_changes_no_mask(model):
     """Each object's ``ref_agreement`` is the IoU of its rough mask from the bank's read with the one from its
-    annotated frame's memory alone: exactly 1 at frame 1 (the bank holds only the annotated frame then),
+    reference memory: exactly 1 at frame 1 (both hold only the annotated frame then),
     in [0, 1] always, below 1 once the bank holds predictions; turning the read off leaves every mask and
     probability as it was and the signal None."""
     ann = _two_objects()
@@ -349,21 +349,39 @@ def test_the_reference_read_compares_with_the_annotated_frame_alone_and_changes_
         assert all(o.signals["ref_agreement"] is None for o in b.stats.objects[1:])
 
 
-def test_the_reference_memory_holds_the_given_frames_only(model):
-    """New objects bring their first frame; a correction replaces its object's; predictions never enter."""
-    frames = list(frames_of(6))
+def _run_with_corrections(model, n=6, **config):
+    """Objects 1, 2 given at frame 0, object 3 at frame 2, object 1 corrected at frame 4; the session."""
     ann = _two_objects()
     later = np.zeros((60, 90), np.uint8)
-    later[40:55, 5:20] = 3  # a third object from frame 2
+    later[40:55, 5:20] = 3
     fix = np.zeros((60, 90), np.uint8)
-    fix[5:20, 60:85] = 1  # object 1 corrected at frame 4
-    seg = Segmenter(model, budget=20_000)
+    fix[5:20, 60:85] = 1
+    seg = Segmenter(model, budget=20_000, **config)
     session = seg.start()
-    list(seg.run(frames, {0: ann, 2: later}, corrections={4: fix}, session=session))
-    ref = session.reference
+    list(seg.run(frames_of(n), {0: ann, 2: later}, corrections={4: fix}, session=session))
+    return session
+
+
+def test_the_reference_memory_without_recent_frames_holds_the_given_frames_only(model):
+    """reference_frames=0: new objects bring their first frame; a correction replaces its object's;
+    predictions never enter."""
+    ref = _run_with_corrections(model, reference_frames=0).reference
     assert [float(o.added.min()) for o in ref.objects] == [0.0, 4.0, 0.0, 2.0]
     assert all(float(o.added.max()) == float(o.added.min()) for o in ref.objects)  # one frame each
     assert ref.sizes() == [4 * 6] * 4  # one 64x96 (padded) frame's keys at stride 16, nothing merged away
+
+
+def test_the_reference_memory_keeps_its_given_frame_and_the_latest_agreeing_frames(model):
+    """With every frame agreeing (trust 0), each row takes a frame every ``reference_every`` frames after it
+    last took one, keeps the latest ``reference_frames`` of them and never loses its given frame; the
+    background takes a frame only where every object did (frame 5: objects 1 and 3 are still waiting)."""
+    session = _run_with_corrections(model, n=30, reference_trust=0.0, reference_frames=3, reference_every=5)
+    ref = session.reference
+    # rows: background, object 1 (given at 0, corrected at 4), object 2 (given at 0), object 3 (given at 2);
+    # frame 29 is the last, never memorised
+    assert [ref.held_frames(r) for r in range(4)] == [[0, 15, 20, 25], [4, 14, 19, 24], [0, 15, 20, 25],
+                                                      [2, 17, 22, 27]]
+    assert ref.sizes() == [4 * 24] * 4  # four whole frames each
 
 
 def test_mask_agreement_is_the_iou_of_the_label_maps():

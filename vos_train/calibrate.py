@@ -100,8 +100,8 @@ def scores(j: np.ndarray, pred: np.ndarray, bad_below: float = 0.5) -> dict:
 #: linear-isotonic cross-validates best by sequence on the calibration sequences (leave-one-sequence-out,
 #: benchmarks/bench_quality_estimators.py, BENCHMARKS.md "Estimators"); gbr is a tree ensemble over every signal.
 ESTIMATORS = ("linear-isotonic", "gbr")
-#: The signals of the linear-isotonic estimator: the agreement with the annotated frame's read (how far the
-#: mask is what the given mask alone gives), and confidence (mean probability over the mask, U over its band).
+#: The signals of the linear-isotonic estimator: the agreement with the reference read (how far the
+#: mask is what the given mask and the frames that agreed with it give), and confidence (mean probability over the mask, U over its band).
 #: Chosen by leave-one-sequence-out cross-validation on the calibration sequences.
 LINEAR_SIGNALS = ("ref_agreement", "mean_prob", "u_mean")
 
@@ -123,8 +123,20 @@ def fit_estimator(kind: str, x: np.ndarray, y: np.ndarray, signals=LINEAR_SIGNAL
         z = scaler.transform(xs)
         ridge = Ridge(alpha=1.0).fit(z, y)
         curve = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(ridge.predict(z), y)
-        return LinearIsotonicModel.from_sklearn(scaler, ridge, curve, signals)
+        return LinearIsotonicModel(signals, scaler.mean_, scaler.scale_, ridge.coef_, float(ridge.intercept_),
+                                   *block_centres(curve.X_thresholds_, curve.y_thresholds_))
     raise ValueError(f"unknown estimator {kind!r} (choose from {list(ESTIMATORS)})")
+
+
+def block_centres(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An isotonic fit's curve through the centre of each of its constant blocks instead of along them:
+    still monotone and through the same levels, but strictly increasing between the first and the last
+    centre, so that scores inside a block keep their order (a step curve ties them, and ties throw away
+    the ranking the linear score had)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    starts = np.flatnonzero(np.r_[True, np.diff(y) != 0])
+    ends = np.r_[starts[1:], len(y)]
+    return (np.array([x[a:b].mean() for a, b in zip(starts, ends)]), y[starts].copy())
 
 
 def predict(model, x: np.ndarray) -> np.ndarray:

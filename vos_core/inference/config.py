@@ -36,10 +36,17 @@ class SegmenterConfig:
     keep_uncertainty: bool = True  # FrameResult.uncertainty: the H×W U map
     #: U above which a pixel counts as uncertain (frame statistic u_frac_uncertain)
     u_threshold: float = 0.5
-    #: also decode each frame from each object's annotated frame alone (its memory of the frame where its mask
-    #: was given) and compare: the quality estimate's strongest signal (``ref_agreement``). Costs one more
-    #: decoder pass per frame; off, a fitted estimate that reads the signal gives no quality (null)
+    #: also decode each frame from each object's reference memory (the frame where its mask was given, and a
+    #: few recent frames that agreed with it) and compare: the quality estimate's strongest signal
+    #: (``ref_agreement``). Costs one more rough decoder pass per frame; off, a fitted estimate that reads
+    #: the signal gives no quality (null)
     reference_read: bool = True
+    #: recent frames the reference memory keeps besides the given frame (0: the given frame alone)
+    reference_frames: int = 3
+    #: agreement (IoU of the rough masks) with the reference read a frame needs to enter the reference memory
+    reference_trust: float = 0.85
+    #: at most one frame enters the reference memory per this many frames (spread over time, not the last few)
+    reference_every: int = 5
     # -- runtime --
     #: network precision: fp32 (exact), or bf16/fp16 autocast of the convolutions (the bank, its products,
     #: the decoder's heads and the URR arithmetic stay fp32)
@@ -69,6 +76,12 @@ class SegmenterConfig:
             bad("compile", f"must be one of {list(COMPILE_MODES)}")
         if not 0.0 <= self.u_threshold <= 1.0:
             bad("u_threshold", "must be in [0, 1]")
+        if isinstance(self.reference_frames, bool) or not isinstance(self.reference_frames, int) or self.reference_frames < 0:
+            bad("reference_frames", "must be a whole number of frames, 0 or more")
+        if not 0.0 <= self.reference_trust <= 1.0:
+            bad("reference_trust", "must be an IoU in [0, 1]")
+        if isinstance(self.reference_every, bool) or not isinstance(self.reference_every, int) or self.reference_every < 1:
+            bad("reference_every", "must be a whole number of frames, 1 or more")
 
     def replace(self, **changes) -> "SegmenterConfig":
         return dataclasses.replace(self, **changes)
@@ -113,8 +126,12 @@ def add_arguments(parser, *, runtime: bool = True) -> None:
     parser.add_argument("--resize-annotations", action="store_true",
                         help="resize an annotation whose size differs from its frame (nearest) instead of refusing it")
     parser.add_argument("--no-reference-read", dest="reference_read", action="store_false", default=d.reference_read,
-                        help="skip the second decoding of each frame from the annotated frame's memory alone "
+                        help="skip the second decoding of each frame from the reference memory "
                              "(faster; the quality estimate then has no value where it reads that agreement)")
+    parser.add_argument("--reference-frames", type=int, default=d.reference_frames,
+                        help="recent frames whose masks agreed with the reference read that the reference memory "
+                             f"keeps besides the given frame (0: the given frame alone; default {d.reference_frames}); "
+                             "the shipped quality estimate is calibrated with the default")
     if runtime:
         parser.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                             help=f"network precision (autocast); fp32 is exact (default {d.precision})")
@@ -125,7 +142,7 @@ def add_arguments(parser, *, runtime: bool = True) -> None:
 def from_args(args: argparse.Namespace, **overrides) -> SegmenterConfig:
     """SegmenterConfig from options added by :func:`add_arguments` (absent ones keep their defaults)."""
     names = ("size", "budget", "merge_thres", "update_rate", "u_threshold", "resize_annotations", "reference_read",
-             "precision", "compile")
+             "reference_frames", "precision", "compile")
     values = {n: getattr(args, n) for n in names if hasattr(args, n)}
     values["resize_annotations"] = bool(values.get("resize_annotations", False))
     values.update(overrides)

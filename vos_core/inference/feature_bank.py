@@ -143,9 +143,9 @@ class FeatureBank:
 
     @classmethod
     def reference(cls, keydim: int, valdim: int, device="cpu") -> "FeatureBank":
-        """A memory of each object's annotated frame only (the frame its mask was given at), for the second
-        read the quality estimate compares against: fed by ``add_objects`` (and ``reset`` + ``update`` on a
-        correction), never by predictions. Unbounded (one frame per object) and never merging."""
+        """Storage for the reference memory (reference.py: which frames it keeps, a few per object), the second
+        read the quality estimate compares against. Never merging (each frame stays whole, so it can be
+        dropped whole) and unbounded here: ReferenceMemory bounds it in frames."""
         return cls(keydim, valdim, budget=1 << 40, merge_thres=2.0, update_rate=0.0, device=device)
 
     # -- shape ---------------------------------------------------------------

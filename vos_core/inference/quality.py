@@ -3,9 +3,10 @@
 Quality is a pure function of per-frame signals the segmenter already has or gets cheaply: the uncertainty
 and probability statistics of the object, how its mask compares with the mask it was last given (its
 annotation or correction: area, box, position) and with the previous frame's, and how far it agrees with a
-second opinion: the mask decoded from the memory of the object's annotated frame alone (``ref_agreement``,
-the strongest single signal: a mask that drifted onto the background was memorised, so the full bank agrees
-with it, but the annotated frame does not). :func:`object_signals` computes them;
+second opinion: the mask decoded from the object's reference memory, its given frame and a few recent
+frames that agreed with it (``ref_agreement``, the strongest single signal: a mask that drifted onto the
+background was memorised, so the full bank agrees with it, but the reference memory, which drifted frames
+never enter, does not; reference.py). :func:`object_signals` computes them;
 a fitted estimator (``vos calibrate``, on sequences with ground truth, stored in the checkpoint as plain
 tensors) maps them to a J estimate in [0, 1]: a :class:`LinearIsotonicModel` (a linear score of a few
 signals and a monotone curve: ``vos calibrate``'s default and the shipped weights') or a
@@ -65,7 +66,7 @@ def object_signals(stats, shape: MaskShape, track: ObjectTrack, components: int,
                    frame_index: int, ref_agreement: float | None = None) -> dict[str, float | None]:
     """The signals of one object at one frame. ``stats``: its ObjectStats; ``components``/``largest``:
     connected components of its mask and the area of the largest; ``ref_agreement``: IoU of its mask with
-    the one decoded from its annotated frame's memory alone (None when that read is off)."""
+    the one decoded from its reference memory (None when that read is off)."""
     ref, prev = track.reference, track.previous
     area = shape.area
     w, h = (shape.bbox[2], shape.bbox[3]) if shape.bbox else (0, 0)
@@ -105,12 +106,13 @@ def estimate_quality(estimator, s: dict) -> float | None:
 
 def fallback_quality(s: dict[str, float]) -> float:
     """The uncalibrated rule for checkpoints without a fitted estimator: confidence (mean probability
-    times 1 - U, times the agreement with the annotated frame's read when there is one) discounted by how far the mask's area and box have moved from the last given mask.
+    times 1 - U, times the agreement with the reference read when there is one) discounted by how far the
+    mask's area and box have moved from the last given mask.
     A heuristic, not a fitted J: use ``vos calibrate`` for numbers that mean something."""
     if s["empty"]:
         return 0.0
     confidence = s["mean_prob"] * (1.0 - s["u_mean"])
-    if s.get("ref_agreement") is not None:  # the annotated frame's own opinion, when it was read
+    if s.get("ref_agreement") is not None:  # the reference memory's opinion, when it was read
         confidence *= s["ref_agreement"]
     drift = abs(s["log_area_ref"]) + abs(s["log_bbox_ref"]) + 0.5 * s["shift_ref"]
     return float(max(0.0, min(1.0, confidence * math.exp(-0.5 * drift) * (s["largest_frac"] ** 0.5))))

@@ -3,8 +3,9 @@
 A step (frame t): memorise frame t-1 with its soft mask into the feature bank (now that t-1 is known
 not to be the last frame), query-encode frame t, read the bank, decode, soft-aggregate over objects,
 apply frame t's annotation if it brings new objects (or corrections), and return the result. With
-``reference_read`` (the default), frame t is also decoded from the memory of each object's annotated frame
-alone; how far that mask agrees with the result is a quality signal (``ref_agreement``).
+``reference_read`` (the default), frame t is also decoded from each object's reference memory (its given
+frame, and recent frames that agreed with it: reference.py); how far that mask agrees with the result is a
+quality signal (``ref_agreement``).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..errors import AnnotationError, VOSInputError
 from ..model.decoder import full_precision, uncertainty_map
 from ..model.network import soft_aggregate
 from .preprocess import annotation_at, check_frame, frame_tensor, pad_to_multiple, unpad, working_size
-from .feature_bank import FeatureBank
+from .reference import ReferenceMemory
 from .quality import MaskShape, ObjectTrack, estimate_quality, object_signals
 from .stats import FrameStats, compute_stats
 
@@ -71,6 +72,7 @@ class _Pending:
     n_banked: int  # objects that already have a memory
     index: int
     reset: list[int]  # rows whose memory restarts from this frame (corrections)
+    agreement: dict = field(default_factory=dict)  # row -> agreement with the reference read (predicted rows)
 
 
 class VideoSession:
@@ -80,8 +82,9 @@ class VideoSession:
         self.segmenter = segmenter
         self.config = segmenter.config
         self.memory = None  # built at the first memorisation by the segmenter's memory factory
-        #: each object's annotated frame alone (config.reference_read): the second opinion for quality
-        self.reference: FeatureBank | None = None
+        #: each object's given frame and recent frames that agreed with it (config.reference_read): the
+        #: second opinion for quality
+        self.reference: ReferenceMemory | None = None
         self.object_ids: list[int] = [0]
         self.in_hw: tuple[int, int] | None = None
         self.work_hw: tuple[int, int] | None = None
@@ -139,7 +142,7 @@ class VideoSession:
 
     def _finish(self, r: "StepRequest", fg: torch.Tensor | None, roughs: tuple | None = None) -> FrameResult:
         """From the decoded per-object probabilities (None for the first frame), and the rough masks of the
-        bank's read and of the annotated frames' read (None without the reference read), to the result."""
+        bank's read and of the reference memory's read (None without the reference read), to the result."""
         seg = self.segmenter
         self.in_hw, self.work_hw = r.in_hw, r.work_hw
         n_banked = len(self.object_ids)
@@ -159,7 +162,8 @@ class VideoSession:
             probs = apply_masks(probs, r.fix, self.object_ids, r.fixed_ids)
             self.correction_frames.append(r.index)
         reset = [self.object_ids.index(i) for i in r.fixed_ids if self.object_ids.index(i) < n_banked]
-        self._pending = _Pending(r.x, probs, n_banked if not r.first else 0, r.index, reset)
+        agreed = {self.object_ids.index(o): a for o, a in agreement.items() if o not in r.fixed_ids}
+        self._pending = _Pending(r.x, probs, n_banked if not r.first else 0, r.index, reset, agreed)
         self.last_index = r.index
         return self._result(r.index, probs, annotated=bool(r.new_ids or r.fixed_ids), new_objects=r.new_ids,
                             corrected=r.fixed_ids, agreement=agreement)
@@ -205,19 +209,21 @@ class VideoSession:
         if keys.shape[0] > p.n_banked:
             self.memory.add_objects(keys[p.n_banked:], values[p.n_banked:], p.index)
         if self.config.reference_read:
-            self._remember_given(p, keys, values)
+            self._remember_reference(p, keys, values)
 
-    def _remember_given(self, p: _Pending, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """The reference memory takes the frames where masks were given: new objects' first frames, and the
-        frames of corrections (which replace what it held for those objects)."""
+    def _remember_reference(self, p: _Pending, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """The reference memory takes the frames where masks were given (new objects' first frames, and
+        corrections, which replace what it held for those objects), and the frames whose masks agreed with
+        its own read (ReferenceMemory.admit)."""
         if self.reference is None:
-            cfg = self.segmenter.model.config
-            self.reference = FeatureBank.reference(cfg.keydim, cfg.valdim, self.segmenter.device)
+            mc, cfg = self.segmenter.model.config, self.config
+            self.reference = ReferenceMemory(mc.keydim, mc.valdim, self.segmenter.device, cfg.reference_frames,
+                                             cfg.reference_trust, cfg.reference_every)
         if p.reset:
-            self.reference.reset(p.reset)
-            self.reference.update(keys[p.reset], values[p.reset], p.index, objects=p.reset)
+            self.reference.give(p.reset, keys[p.reset], values[p.reset], p.index)
         if keys.shape[0] > p.n_banked:
             self.reference.add_objects(keys[p.n_banked:], values[p.n_banked:], p.index)
+        self.reference.admit(p.agreement, keys, values, p.index)
 
     # -- output ---------------------------------------------------------------
     def _result(self, t: int, probs: torch.Tensor, annotated: bool, new_objects, corrected,
@@ -360,8 +366,8 @@ def step_many(requests: list[StepRequest]) -> list:
             # compares cosines against 0.95.
             with full_precision(q.key):
                 reads = [r.session.memory.read(q.key[j].float()) for j, (_, r) in enumerate(group)]
-                # the second opinion: the annotated frames alone (no usage counted: it is not the bank)
-                refs = [r.session.reference.read(q.key[j].float(), count_usage=False)
+                # the second opinion: each object's reference memory (its given frame, recent agreeing ones)
+                refs = [r.session.reference.read(q.key[j].float())
                         if r.session.reference is not None else None for j, (_, r) in enumerate(group)]
             rows = list(range(len(group)))
             for sub in _groups(rows, lambda j: (reads[j].shape[0], refs[j] is not None)):
