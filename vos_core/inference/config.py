@@ -62,13 +62,16 @@ class SegmenterConfig:
         def bad(name, why):
             raise ValueError(f"{name} {why}, got {getattr(self, name)!r}")
 
-        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+        def whole(v):  # an int, not a bool (True is an int to Python)
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not whole(self.budget) or self.budget < 1:
             bad("budget", "must be a positive integer")
         if not 0.0 <= self.update_rate <= 1.0:
             bad("update_rate", "must be in [0, 1]")
         if not math.isfinite(self.merge_thres):
             bad("merge_thres", "must be a finite cosine similarity (above 1: never merge)")
-        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0):
+        if self.size is not None and (not whole(self.size) or self.size < 0):
             bad("size", "must be a positive number of pixels, 0 (input size) or None (the checkpoint's)")
         if self.precision not in PRECISIONS:
             bad("precision", f"must be one of {list(PRECISIONS)}")
@@ -76,11 +79,11 @@ class SegmenterConfig:
             bad("compile", f"must be one of {list(COMPILE_MODES)}")
         if not 0.0 <= self.u_threshold <= 1.0:
             bad("u_threshold", "must be in [0, 1]")
-        if isinstance(self.reference_frames, bool) or not isinstance(self.reference_frames, int) or self.reference_frames < 0:
+        if not whole(self.reference_frames) or self.reference_frames < 0:
             bad("reference_frames", "must be a whole number of frames, 0 or more")
         if not 0.0 <= self.reference_trust <= 1.0:
             bad("reference_trust", "must be an IoU in [0, 1]")
-        if isinstance(self.reference_every, bool) or not isinstance(self.reference_every, int) or self.reference_every < 1:
+        if not whole(self.reference_every) or self.reference_every < 1:
             bad("reference_every", "must be a whole number of frames, 1 or more")
 
     def replace(self, **changes) -> "SegmenterConfig":

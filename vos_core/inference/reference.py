@@ -25,7 +25,7 @@ class ReferenceMemory:
     def __init__(self, keydim: int, valdim: int, device="cpu", frames: int = 3, trust: float = 0.85, every: int = 5):
         self.bank = FeatureBank.reference(keydim, valdim, device)
         self.frames, self.trust, self.every = int(frames), float(trust), int(every)
-        self._given_at: list[int] = []  # per row: the frame its mask was last given at
+        # the given frame is each row's oldest (give() empties the row; admitted frames come later)
         self._admitted_at: list[int] = []  # per row: the last frame it took (given or admitted)
 
     @property
@@ -42,7 +42,6 @@ class ReferenceMemory:
     def add_objects(self, keys: torch.Tensor, values: torch.Tensor, frame: int) -> None:
         """New objects, from the frame their masks were given at. keys: J×keydim×M, values: J×valdim×M."""
         self.bank.add_objects(keys, values, frame)
-        self._given_at += [frame] * keys.shape[0]
         self._admitted_at += [frame] * keys.shape[0]
 
     def give(self, rows: list[int], keys: torch.Tensor, values: torch.Tensor, frame: int) -> None:
@@ -50,7 +49,7 @@ class ReferenceMemory:
         self.bank.reset(rows)
         self.bank.update(keys, values, frame, objects=rows)
         for r in rows:
-            self._given_at[r] = self._admitted_at[r] = frame
+            self._admitted_at[r] = frame
 
     def admit(self, agreement: dict[int, float], keys: torch.Tensor, values: torch.Tensor, frame: int) -> list[int]:
         """Takes this frame (keys/values: every row's, K×C×M) for the rows whose mask agreed with the
@@ -73,7 +72,7 @@ class ReferenceMemory:
 
     def _forget_oldest(self, row: int) -> None:
         mem = self.bank.objects[row]
-        trusted = [f for f in self.held_frames(row) if f != self._given_at[row]]
+        trusted = self.held_frames(row)[1:]  # all but the given frame, the oldest
         if len(trusted) > self.frames:
             old = torch.tensor(trusted[: len(trusted) - self.frames], dtype=mem.added.dtype, device=mem.added.device)
             mem.keep(~torch.isin(mem.added, old))
